@@ -1,0 +1,13 @@
+"""Shared environments of the collection.
+
+Importing this package registers ``ColorCarRacing-v0`` (see `envs.car_racing`), so that
+``gym.make("ColorCarRacing-v0", bg_color="red", task="standard")`` works, also in vector envs.
+Modules: `car_racing` (colour-variable CarRacing and observation preprocessing), `anchors`
+(parallel anchor frames for relative representations), and the meta-RL task families
+`bandit`, `tabular_mdp` and `gridworld`.
+"""
+
+import gymnasium as gym
+
+if "ColorCarRacing-v0" not in gym.registry:
+    gym.register(id="ColorCarRacing-v0", entry_point="envs.car_racing:ColorCarRacing")

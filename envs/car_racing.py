@@ -1,0 +1,223 @@
+"""Colour-variable CarRacing: gymnasium's CarRacing with a chosen background colour and the R3L task variants.
+
+The physics, track generation and reward are gymnasium's own (we subclass
+`gymnasium.envs.box2d.car_racing.CarRacing` with discrete actions); this module only changes
+
+* the colours of the background and grass (``bg_color``), the road stays [102, 102, 102];
+* the task (``task``): the camera zoom, the reward rule, the action order and the episode length,
+  as in R3L (Ricciardi et al. 2024, arXiv 2404.12917):
+
+  ============  ===========================================================================
+  ``standard``  gymnasium's task: Discrete(5), -0.1 per frame, +1000/N per new tile, 1000 steps
+  ``far``       the same task seen from further away: camera zoom 1 instead of 2.7
+  ``slow``      no per-frame penalty; driving faster than 35 gives -100 and ends; 3000 steps
+  ``scrambled`` Discrete(5) in another order: 0 left, 1 right, 2 gas, 3 brake, 4 nothing
+  ``no_idle``   Discrete(4): left, right, gas, brake (the scrambled order without "nothing")
+  ============  ===========================================================================
+
+"Left" and "right" are the labels of gymnasium's documentation for its actions 1 and 2
+(gymnasium issue #1369 notes that action 1 in fact turns the car right); the variants re-order
+gymnasium's actions, they do not change what an action does.
+
+`ColorCarRacingObservation` is the observation preprocessing every script shares: the 96x96x3
+frame is resized to 84x84 (area interpolation), made channel-first uint8 and optionally stacked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.box2d import car_racing as gym_car_racing
+
+ROAD_COLOR = (102, 102, 102)
+
+# (background, grass) RGB of the named colours, from the R3L authors' code; green is gymnasium's default.
+NAMED_COLORS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    "green": ((102, 204, 102), (102, 230, 102)),
+    "red": ((204, 102, 102), (230, 102, 102)),
+    "blue": ((102, 102, 204), (102, 102, 230)),
+    "yellow": ((230, 230, 102), (255, 255, 102)),
+    "violet": ((204, 102, 204), (230, 102, 230)),
+    "pink": ((230, 102, 153), (255, 102, 178)),
+}
+
+# Grass is the background brightened by this much on every channel above the darkest one (clipped at 255).
+GRASS_BRIGHTEN = 26
+
+# Task variants: gymnasium's discrete action behind each of the task's actions, the episode step
+# limit and the camera zoom. Gymnasium's actions: 0 nothing, 1 left, 2 right, 3 gas, 4 brake.
+TASKS: dict[str, dict] = {
+    "standard": {"actions": (0, 1, 2, 3, 4), "max_steps": 1000, "zoom": gym_car_racing.ZOOM},
+    "far": {"actions": (0, 1, 2, 3, 4), "max_steps": 1000, "zoom": 1.0},
+    "slow": {"actions": (0, 1, 2, 3, 4), "max_steps": 3000, "zoom": gym_car_racing.ZOOM},
+    "scrambled": {"actions": (1, 2, 3, 4, 0), "max_steps": 1000, "zoom": gym_car_racing.ZOOM},
+    "no_idle": {"actions": (1, 2, 3, 4), "max_steps": 1000, "zoom": gym_car_racing.ZOOM},
+}
+# Gymnasium's discrete actions that steer (used to label anchor frames as turning).
+STEER_ACTIONS = (1, 2)
+SLOW_SPEED_LIMIT = 35.0
+PER_FRAME_PENALTY = 0.1  # gymnasium's -0.1 per frame, which the "slow" task removes
+OFF_PLAYFIELD_REWARD = -100.0
+
+OBS_SIZE = 84
+_HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+def grass_from_background(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Grass colour for a custom background: brighten every channel above the darkest one by
+    `GRASS_BRIGHTEN`, clipped to 255 (all channels if the background is grey). This reproduces the
+    table of named colours exactly except pink (179 instead of 178 on blue)."""
+    darkest = min(background)
+    grey = all(c == darkest for c in background)
+    return tuple(min(c + GRASS_BRIGHTEN, 255) if (grey or c > darkest) else c for c in background)
+
+
+def parse_bg_color(bg_color: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Return (background, grass) RGB for a colour name or a '#rrggbb' string; ValueError otherwise."""
+    if isinstance(bg_color, str):
+        name = bg_color.strip().lower()
+        if name in NAMED_COLORS:
+            return NAMED_COLORS[name]
+        if _HEX_COLOR.match(name):
+            background = tuple(int(name[i : i + 2], 16) for i in (1, 3, 5))
+            return background, grass_from_background(background)
+    raise ValueError(
+        f"unknown bg_color {bg_color!r}: accepted are {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
+    )
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: accepted are {', '.join(TASKS)}")
+    return task
+
+
+class ColorCarRacing(gym_car_racing.CarRacing):
+    """CarRacing (discrete actions) with a background colour and an R3L task variant.
+
+    Observations are gymnasium's 96x96x3 uint8 frames; wrap with `ColorCarRacingObservation`
+    for the 84x84 channel-first frames the agents use. The step limit is part of the task, so the
+    environment truncates by itself (1000 steps, 3000 for ``slow``).
+    """
+
+    def __init__(self, bg_color: str = "green", task: str = "standard", render_mode: str | None = None):
+        self.background_rgb, self.grass_rgb = parse_bg_color(bg_color)
+        self.bg_color_name = bg_color
+        self.task = check_task(task)
+        spec = TASKS[task]
+        self.action_to_gym = np.array(spec["actions"], dtype=np.int64)
+        self.max_episode_steps = spec["max_steps"]
+        self.zoom = spec["zoom"]
+        super().__init__(render_mode=render_mode, continuous=False, domain_randomize=False)
+        self.gym_action_space = self.action_space  # gymnasium's Discrete(5)
+        self.action_space = gym.spaces.Discrete(len(self.action_to_gym))
+        self.elapsed_steps = 0
+
+    def _init_colors(self):
+        self.road_color = np.array(ROAD_COLOR)
+        self.bg_color = np.array(self.background_rgb)
+        self.grass_color = np.array(self.grass_rgb)
+
+    def _render(self, mode: str):
+        # Gymnasium reads the camera zoom from its module constant; the "far" task swaps it in for
+        # the duration of one render call only.
+        default_zoom = gym_car_racing.ZOOM
+        gym_car_racing.ZOOM = self.zoom
+        try:
+            return super()._render(mode)
+        finally:
+            gym_car_racing.ZOOM = default_zoom
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self.elapsed_steps = 0
+        return super().reset(seed=seed, options=options)
+
+    def step_gym_action(self, gym_action: int | None):
+        """One step of gymnasium's own dynamics and reward with gymnasium's action numbering
+        (0 nothing, 1 left, 2 right, 3 gas, 4 brake), whatever the task variant's action space.
+        The task's steps go through here; anchor replays call it directly to drive any variant."""
+        task_action_space, self.action_space = self.action_space, self.gym_action_space
+        try:  # gymnasium validates the action against self.action_space
+            return super().step(gym_action)
+        finally:
+            self.action_space = task_action_space
+
+    def step(self, action):
+        if action is None:  # gymnasium's reset() renders the first frame through step(None)
+            return self.step_gym_action(None)
+        if not self.action_space.contains(action):
+            raise gym.error.InvalidAction(f"invalid action {action!r} for task {self.task!r}: expected {self.action_space}")
+        obs, reward, terminated, truncated, info = self.step_gym_action(int(self.action_to_gym[action]))
+        self.elapsed_steps += 1
+        if self.task == "slow":
+            left_playfield = terminated and info.get("lap_finished") is False
+            if not left_playfield:
+                reward += PER_FRAME_PENALTY  # undo gymnasium's -0.1 per frame
+            if float(np.linalg.norm(self.car.hull.linearVelocity)) > SLOW_SPEED_LIMIT:
+                reward, terminated = OFF_PLAYFIELD_REWARD, True
+                info["too_fast"] = True
+        if self.elapsed_steps >= self.max_episode_steps and not terminated:
+            truncated = True
+        return obs, float(reward), terminated, truncated, info
+
+
+def area_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) matrix M such that M @ x is area (box-filter) interpolation of x:
+    each output pixel averages the input interval it covers, weighted by overlap."""
+    scale = in_size / out_size
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    for o in range(out_size):
+        lo, hi = o * scale, (o + 1) * scale
+        for i in range(int(np.floor(lo)), int(np.ceil(hi))):
+            weights[o, i] = min(hi, i + 1) - max(lo, i)
+    return weights / scale
+
+
+_RESIZE_CACHE: dict[tuple[int, int], np.ndarray] = {}
+
+
+def preprocess_frame(frame: np.ndarray, size: int = OBS_SIZE) -> np.ndarray:
+    """(H, W, 3) uint8 frame -> (3, size, size) uint8, area-interpolated, channel-first."""
+    h, w, _ = frame.shape
+    for n in (h, w):
+        if (n, size) not in _RESIZE_CACHE:
+            _RESIZE_CACHE[(n, size)] = area_resize_matrix(n, size)
+    rows, cols = _RESIZE_CACHE[(h, size)], _RESIZE_CACHE[(w, size)]
+    channels_first = frame.transpose(2, 0, 1).astype(np.float32)
+    resized = rows @ channels_first @ cols.T
+    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
+class ColorCarRacingObservation(gym.ObservationWrapper):
+    """84x84 RGB channel-first uint8 observations, the last `frame_stack` frames concatenated
+    along the channel axis (shape (3 * frame_stack, 84, 84)); reset repeats the first frame."""
+
+    def __init__(self, env: gym.Env, frame_stack: int = 1):
+        super().__init__(env)
+        if frame_stack < 1:
+            raise ValueError(f"frame_stack must be >= 1, got {frame_stack}")
+        self.frame_stack = frame_stack
+        self.frames: deque[np.ndarray] = deque(maxlen=frame_stack)
+        self.observation_space = gym.spaces.Box(0, 255, (3 * frame_stack, OBS_SIZE, OBS_SIZE), dtype=np.uint8)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        frame = preprocess_frame(obs)
+        for _ in range(self.frame_stack):
+            self.frames.append(frame)
+        return np.concatenate(self.frames, axis=0), info
+
+    def observation(self, observation):
+        self.frames.append(preprocess_frame(observation))
+        return np.concatenate(self.frames, axis=0)
+
+
+def make_color_car_racing(
+    bg_color: str = "green", task: str = "standard", frame_stack: int = 1, render_mode: str | None = None
+) -> gym.Env:
+    """`ColorCarRacing-v0` with the shared preprocessing: what every CarRacing script trains on."""
+    env = gym.make("ColorCarRacing-v0", bg_color=bg_color, task=task, render_mode=render_mode)
+    return ColorCarRacingObservation(env, frame_stack=frame_stack)
