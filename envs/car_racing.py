@@ -32,6 +32,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.box2d import car_racing as gym_car_racing
 
+from envs.fast_render import StateRenderer, camera_zoom
+
 ROAD_COLOR = (102, 102, 102)
 
 # (background, grass) RGB of the named colours, from the R3L authors' code; green is gymnasium's default.
@@ -63,6 +65,9 @@ PER_FRAME_PENALTY = 0.1  # gymnasium's -0.1 per frame, which the "slow" task rem
 OFF_PLAYFIELD_REWARD = -100.0
 
 OBS_SIZE = 84
+# How the 96x96 state frame is drawn: "fast" (envs/fast_render.py, arrays at observation
+# resolution) or "gymnasium" (gymnasium's pygame renderer, ~20x slower, kept for comparison).
+RENDER_BACKENDS = ("fast", "gymnasium")
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
@@ -95,18 +100,32 @@ def check_task(task: str) -> str:
     return task
 
 
+def check_render_backend(render_backend: str) -> str:
+    if render_backend not in RENDER_BACKENDS:
+        raise ValueError(f"unknown render_backend {render_backend!r}: accepted are {', '.join(RENDER_BACKENDS)}")
+    return render_backend
+
+
 class ColorCarRacing(gym_car_racing.CarRacing):
     """CarRacing (discrete actions) with a background colour and an R3L task variant.
 
     Observations are gymnasium's 96x96x3 uint8 frames; wrap with `ColorCarRacingObservation`
     for the 84x84 channel-first frames the agents use. The step limit is part of the task, so the
     environment truncates by itself (1000 steps, 3000 for ``slow``).
+
+    ``render_backend="fast"`` draws the observation with `envs.fast_render.StateRenderer`;
+    ``"gymnasium"`` with gymnasium's own renderer. Video frames (``render_mode="rgb_array"``) always
+    come from gymnasium's renderer.
     """
 
-    def __init__(self, bg_color: str = "green", task: str = "standard", render_mode: str | None = None):
+    def __init__(
+        self, bg_color: str = "green", task: str = "standard", render_mode: str | None = None, render_backend: str = "fast"
+    ):
         self.background_rgb, self.grass_rgb = parse_bg_color(bg_color)
         self.bg_color_name = bg_color
         self.task = check_task(task)
+        self.render_backend = check_render_backend(render_backend)
+        self.state_renderer = StateRenderer(self.background_rgb, self.grass_rgb)
         spec = TASKS[task]
         self.action_to_gym = np.array(spec["actions"], dtype=np.int64)
         self.max_episode_steps = spec["max_steps"]
@@ -121,7 +140,31 @@ class ColorCarRacing(gym_car_racing.CarRacing):
         self.bg_color = np.array(self.background_rgb)
         self.grass_color = np.array(self.grass_rgb)
 
+    def _create_track(self):
+        created = super()._create_track()
+        if created:
+            self._share_tile_colors()
+            self.state_renderer.set_track(self.road_poly, self.road_poly_colors)
+        return created
+
+    def _share_tile_colors(self):
+        """Keep the colours of all road polygons in one (N, 3) array, `road_poly_colors`.
+
+        Gymnasium repaints a tile in place (``tile.color[:] = road_color``) when the car touches it;
+        making each tile's colour a row of this array lets the fast renderer read every colour at
+        once. Gymnasium's renderer reads the same rows through `road_poly`.
+        """
+        tiles = {id(tile.color): tile for tile in self.road}
+        self.road_poly_colors = np.array([color for _, color in self.road_poly], dtype=np.float64)
+        for i, (vertices, color) in enumerate(self.road_poly):
+            tile = tiles.get(id(color))
+            if tile is not None:
+                tile.color = self.road_poly_colors[i]
+                self.road_poly[i] = (vertices, tile.color)
+
     def _render(self, mode: str):
+        if mode == "state_pixels" and self.render_backend == "fast":
+            return self.state_renderer.render(self.car, camera_zoom(self.t, self.zoom), self.reward)
         # Gymnasium reads the camera zoom from its module constant; the "far" task swaps it in for
         # the duration of one render call only.
         default_zoom = gym_car_racing.ZOOM
@@ -216,8 +259,12 @@ class ColorCarRacingObservation(gym.ObservationWrapper):
 
 
 def make_color_car_racing(
-    bg_color: str = "green", task: str = "standard", frame_stack: int = 1, render_mode: str | None = None
+    bg_color: str = "green",
+    task: str = "standard",
+    frame_stack: int = 1,
+    render_mode: str | None = None,
+    render_backend: str = "fast",
 ) -> gym.Env:
     """`ColorCarRacing-v0` with the shared preprocessing: what every CarRacing script trains on."""
-    env = gym.make("ColorCarRacing-v0", bg_color=bg_color, task=task, render_mode=render_mode)
+    env = gym.make("ColorCarRacing-v0", bg_color=bg_color, task=task, render_mode=render_mode, render_backend=render_backend)
     return ColorCarRacingObservation(env, frame_stack=frame_stack)
