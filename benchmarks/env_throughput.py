@@ -1,0 +1,147 @@
+"""CarRacing environment throughput (issue 3): gymnasium's renderer vs the fast state renderer.
+
+Measures, in one run, single-process steps/s of
+
+* gymnasium's ``CarRacing-v3`` (discrete actions),
+* ``ColorCarRacing-v0`` with ``render_backend="gymnasium"`` and with ``"fast"``,
+* physics only: ``ColorCarRacing`` with the state frame replaced by a constant (the ceiling),
+
+then the fast backend's vectorised throughput with ``--num-envs`` environments (sync and async),
+and the fidelity of the fast frames (mean |fast - gymnasium| per channel of the 84x84 preprocessed
+frames, on the same states). The single-process measurements interleave short rounds of every
+environment, so that on a shared machine they all see the same load (steps per CPU second are
+printed too: they depend less on the load). The last line is
+``speedup_vs_gymnasium: <fast / CarRacing-v3>``.
+
+    python benchmarks/env_throughput.py | tee benchmarks/results/env_throughput.txt
+"""
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import envs  # noqa: E402,F401  (registers ColorCarRacing-v0)
+from envs.car_racing import ColorCarRacing, preprocess_frame  # noqa: E402
+from envs.fast_render import camera_zoom  # noqa: E402
+
+
+@dataclass
+class Args:
+    rounds: int = 5
+    """interleaved measurement rounds per environment"""
+    round_seconds: float = 2.0
+    """seconds each environment steps per round"""
+    num_envs: int = os.cpu_count() or 2
+    """environments of the vector-env measurements"""
+    vector_seconds: float = 10.0
+    """seconds of each vector-env measurement"""
+    fidelity_states: int = 240
+    """states of the fidelity measurement (gymnasium's renderer draws each one)"""
+    seed: int = 0
+
+
+class PhysicsOnlyCarRacing(ColorCarRacing):
+    """ColorCarRacing whose state frame is a constant: gymnasium's step without rendering."""
+
+    BLANK = np.zeros((96, 96, 3), dtype=np.uint8)
+
+    def _render(self, mode: str):
+        return self.BLANK if mode == "state_pixels" else super()._render(mode)
+
+
+GYMNASIUM, COLOR_GYMNASIUM, COLOR_FAST, PHYSICS = "CarRacing-v3", "ColorCarRacing-v0 gymnasium", "ColorCarRacing-v0 fast", "physics only"
+MAKERS = {
+    GYMNASIUM: lambda: gym.make("CarRacing-v3", continuous=False),
+    COLOR_GYMNASIUM: lambda: gym.make("ColorCarRacing-v0", render_backend="gymnasium"),
+    COLOR_FAST: lambda: gym.make("ColorCarRacing-v0", render_backend="fast"),
+    PHYSICS: lambda: gym.wrappers.OrderEnforcing(PhysicsOnlyCarRacing()),
+}
+
+
+def drive(env: gym.Env, seconds: float, rng: np.random.Generator) -> int:
+    """Steps with random actions (mostly gas) for `seconds`; returns the number of steps."""
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        action = int(rng.choice(5, p=(0.1, 0.15, 0.15, 0.5, 0.1)))
+        _, _, terminated, truncated, _ = env.step(action)
+        steps += 1
+        if terminated or truncated:
+            env.reset()
+    return steps
+
+
+def single_process(args: Args) -> dict[str, float]:
+    envs_ = {name: make() for name, make in MAKERS.items()}
+    for env in envs_.values():
+        env.reset(seed=args.seed)
+    steps = dict.fromkeys(MAKERS, 0)
+    seconds = dict.fromkeys(MAKERS, 0.0)
+    cpu_seconds = dict.fromkeys(MAKERS, 0.0)
+    rng = np.random.default_rng(args.seed)
+    for _ in range(args.rounds):
+        for name, env in envs_.items():
+            start, cpu_start = time.perf_counter(), time.process_time()
+            steps[name] += drive(env, args.round_seconds, rng)
+            seconds[name] += time.perf_counter() - start
+            cpu_seconds[name] += time.process_time() - cpu_start
+    for name in MAKERS:
+        print(f"  {name:32s} {steps[name] / seconds[name]:9.1f} steps/s  ({steps[name] / cpu_seconds[name]:.1f} per CPU second)")
+    return {name: steps[name] / seconds[name] for name in MAKERS}
+
+
+def vectorised(args: Args, asynchronous: bool) -> float:
+    fns = [lambda: gym.make("ColorCarRacing-v0") for _ in range(args.num_envs)]
+    env = gym.vector.AsyncVectorEnv(fns) if asynchronous else gym.vector.SyncVectorEnv(fns)
+    env.reset(seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    env.step(rng.integers(0, 5, args.num_envs))  # start-up (async workers) outside the timing
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < args.vector_seconds:
+        env.step(rng.integers(0, 5, args.num_envs))  # vector envs reset finished episodes themselves
+        steps += args.num_envs
+    elapsed = time.perf_counter() - start
+    env.close()
+    return steps / elapsed
+
+
+def fidelity(args: Args) -> np.ndarray:
+    """Mean per channel |fast - gymnasium| / 255 of the preprocessed frames, over colours and tasks."""
+    configs = [("green", "standard"), ("red", "far"), ("#3050a0", "slow"), ("pink", "scrambled")]
+    rng = np.random.default_rng(args.seed)
+    errors = []
+    for k, (bg_color, task) in enumerate(configs):
+        env = ColorCarRacing(bg_color=bg_color, task=task, render_backend="gymnasium")
+        env.reset(seed=args.seed + k)
+        for step in range(args.fidelity_states // len(configs)):
+            action = 3 if step < 50 else int(rng.choice(5, p=(0.1, 0.2, 0.2, 0.4, 0.1)))
+            obs, *_ = env.step_gym_action(action)
+            fast = env.state_renderer.render(env.car, camera_zoom(env.t, env.zoom), env.reward)
+            diff = np.abs(preprocess_frame(obs).astype(np.float64) - preprocess_frame(fast))
+            errors.append(diff.mean(axis=(1, 2)) / 255)
+    return np.mean(errors, axis=0)
+
+
+def main(args: Args) -> None:
+    print(f"env_throughput: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, "
+          f"{args.rounds} interleaved rounds of {args.round_seconds:.1f} s")
+    rates = single_process(args)
+    for asynchronous in (False, True):
+        kind = "async" if asynchronous else "sync"
+        name = f"vector {kind} x{args.num_envs} fast"
+        print(f"  {name:32s} {vectorised(args, asynchronous):9.1f} steps/s (all envs together)")
+    error = fidelity(args)
+    print(f"fidelity ({args.fidelity_states} states): mean |fast - gymnasium| per channel (RGB, x255) "
+          f"{' '.join(f'{e * 255:.2f}' for e in error)}; bound 4")
+    print(f"fast / physics only: {rates[COLOR_FAST] / rates[PHYSICS]:.2f}")
+    print(f"speedup_vs_gymnasium: {rates[COLOR_FAST] / rates[GYMNASIUM]:.1f}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

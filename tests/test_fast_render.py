@@ -1,0 +1,99 @@
+"""The fast state renderer (envs/fast_render.py) against gymnasium's renderer on the same states."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import envs  # noqa: F401  (registers ColorCarRacing-v0)
+from envs.car_racing import RENDER_BACKENDS, ColorCarRacing, make_color_car_racing, preprocess_frame
+from envs.fast_render import camera_zoom
+
+# Per channel, the mean |fast - gymnasium| of the 84x84 preprocessed frames, in [0, 1] units.
+FIDELITY_BOUND = 4 / 255
+
+# Gymnasium's actions (0 nothing, 1 left, 2 right, 3 gas, 4 brake): the first second is the zoom
+# animation, then the car turns off the road onto the grass and comes back.
+DRIVE = [3] * 50 + [1] * 12 + [3] * 15 + [0] * 5 + [2] * 20 + [3] * 10 + [4] * 3
+# (colour, task, seed, steps): named and hex colours, the camera zooms of every task.
+CONFIGS = [
+    ("green", "standard", 0, len(DRIVE)),
+    ("red", "far", 1, 90),
+    ("#3050a0", "slow", 2, 60),
+    ("violet", "no_idle", 3, 60),
+]
+
+
+def fast_frame(env: ColorCarRacing) -> np.ndarray:
+    """The fast backend's frame of the env's current state."""
+    return env.state_renderer.render(env.car, camera_zoom(env.t, env.zoom), env.reward)
+
+
+def channel_errors(gym_frame: np.ndarray, fast: np.ndarray) -> np.ndarray:
+    return np.abs(preprocess_frame(gym_frame).astype(np.float64) - preprocess_frame(fast)).mean(axis=(1, 2)) / 255
+
+
+def test_fast_frames_match_gymnasium_frames_on_the_same_states():
+    errors = []
+    for bg_color, task, seed, steps in CONFIGS:
+        env = ColorCarRacing(bg_color=bg_color, task=task, render_backend="gymnasium")
+        obs, _ = env.reset(seed=seed)
+        errors.append(channel_errors(obs, fast_frame(env)))
+        for action in DRIVE[:steps]:
+            obs, *_ = env.step_gym_action(action)
+            errors.append(channel_errors(obs, fast_frame(env)))
+    errors = np.array(errors)
+    assert len(errors) >= 300
+    assert errors.mean(axis=0).max() <= FIDELITY_BOUND, errors.mean(axis=0) * 255
+    # No single state is far off either (e.g. a missing car or indicator).
+    assert errors.mean(axis=1).max() <= 2 * FIDELITY_BOUND
+
+
+def test_view_past_the_playfield_edge_matches_gymnasium():
+    env = ColorCarRacing(bg_color="blue", render_backend="gymnasium")
+    env.reset(seed=4)
+    for _ in range(60):
+        env.step_gym_action(3)
+    # Move the car near the playfield's corner: the view shows the black outside.
+    shift = np.array((310.0, 300.0)) - np.array(env.car.hull.position)
+    for body in (env.car.hull, *env.car.wheels):
+        body.position = tuple(np.array(body.position) + shift)
+    gym_frame = env._render("state_pixels")
+    assert (gym_frame[:84] == 0).all(axis=2).mean() > 0.05  # some of the frame is outside
+    assert channel_errors(gym_frame, fast_frame(env)).max() <= FIDELITY_BOUND
+
+
+def test_both_backends_give_the_same_rewards_and_episode_ends():
+    actions = [3] * 60 + [1] * 30 + [3] * 40 + [2] * 10 + [4] * 5
+    outcomes = {}
+    for backend in RENDER_BACKENDS:
+        env = gym.make("ColorCarRacing-v0", task="scrambled", render_backend=backend)
+        env.reset(seed=7)
+        gym_to_task = {g: t for t, g in enumerate(env.unwrapped.action_to_gym)}
+        outcomes[backend] = [env.step(gym_to_task[a])[1:4] for a in actions]
+    assert outcomes["fast"] == outcomes["gymnasium"]
+
+
+def test_fast_is_the_default_and_keeps_the_observation_format():
+    env = make_color_car_racing(bg_color="yellow", frame_stack=2)
+    assert env.unwrapped.render_backend == "fast"
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (6, 84, 84) and obs.dtype == np.uint8
+    raw, *_ = env.unwrapped.step(0)
+    assert raw.shape == (96, 96, 3) and raw.dtype == np.uint8
+
+
+def test_rgb_array_videos_still_work_with_the_fast_backend():
+    env = gym.make("ColorCarRacing-v0", render_mode="rgb_array")
+    env.reset(seed=0)
+    env.step(3)
+    frame = env.render()
+    assert frame.shape == (400, 600, 3) and frame.dtype == np.uint8
+
+
+@pytest.mark.parametrize("bad", ["pygame", "", "FAST", None])
+def test_bad_backend_is_a_one_line_value_error_listing_accepted_backends(bad):
+    with pytest.raises(ValueError) as err:
+        gym.make("ColorCarRacing-v0", render_backend=bad)
+    message = str(err.value)
+    assert repr(bad) in message and "\n" not in message
+    assert all(name in message for name in RENDER_BACKENDS)
