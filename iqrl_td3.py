@@ -458,8 +458,14 @@ def build_networks(args: Args, obs_dim: int, act_dim: int, action_low, action_hi
 
 def run_eval_checkpoint(args: Args, device):
     checkpoint = load_checkpoint(args.eval_checkpoint)
-    saved = Args(**{k: v for k, v in checkpoint["metadata"]["args"].items() if k in Args.__dataclass_fields__})
-    validate_args(saved)
+    try:
+        saved = Args(**{k: v for k, v in checkpoint["metadata"]["args"].items() if k in Args.__dataclass_fields__})
+        validate_args(saved)
+    except (TypeError, ValueError) as e:
+        raise UserError(
+            f"--eval-checkpoint {args.eval_checkpoint!r} has malformed metadata args ({e}); "
+            "accepted: a file written by iqrl_td3.py"
+        ) from None
     env = make_env(saved.env_id, args.seed)
     encoder, _, actor, _, _ = build_networks(
         saved, env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low,
@@ -614,7 +620,9 @@ if __name__ == "__main__":
 
             # 3) delayed actor and soft target updates (TD3)
             if num_updates % args.policy_frequency == 0:
-                actor_loss = -qf1(z, actor(z)).mean()
+                # paper's L_pi: maximise min_k q_k(z, pi(z)) (CleanRL's TD3 uses qf1 alone)
+                policy_actions = actor(z)
+                actor_loss = -torch.min(qf1(z, policy_actions), qf2(z, policy_actions)).mean()
                 actor_optimizer.zero_grad()
                 actor_loss.backward()
                 actor_optimizer.step()

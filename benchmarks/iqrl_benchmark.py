@@ -6,7 +6,7 @@ final deterministic eval return (mean +- std over seeds), latent rank as % of fu
 wall-clock seconds per 1k updates, also relative to TD3 in the same run. The table is also written to
 `--output`. Example (the command behind docs/iqrl_td3.md):
 
-    nice -n 10 python benchmarks/iqrl_benchmark.py --env-id InvertedPendulum-v5 --total-timesteps 10000
+    nice -n 10 python benchmarks/iqrl_benchmark.py --env-id InvertedPendulum-v5 --total-timesteps 3000
 """
 import os
 import re
@@ -21,37 +21,63 @@ import numpy as np
 import tyro
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = {"iQRL (FSQ)": [], "iQRL --no-fsq": ["--no-fsq"], "TD3 --no-encoder": ["--no-encoder"]}
+# each mode gets its own --exp-name so parallel runs of one seed never share runs/{run_name}/
+MODES = {
+    "iQRL (FSQ)": ["--exp-name", "iqrl_td3"],
+    "iQRL --no-fsq": ["--no-fsq", "--exp-name", "iqrl_td3_no_fsq"],
+    "TD3 --no-encoder": ["--no-encoder", "--exp-name", "iqrl_td3_no_encoder"],
+}
 
 
 @dataclass
 class Args:
     env_id: str = "InvertedPendulum-v5"
     """MuJoCo task to benchmark on"""
-    total_timesteps: int = 10_000
+    total_timesteps: int = 3_000
     """environment steps per run"""
-    learning_starts: int = 1_000
+    learning_starts: int = 500
     """random warm-up steps per run"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
     """seeds run for every mode"""
     parallel: int = 2
     """runs executed at the same time (each uses one torch thread)"""
-    extra_flags: str = (
-        "--mlp-dims 256 256 --enc-mlp-dims 256 --latent-dim 64 --batch-size 128 "
-        "--exploration-noise-decay-steps 5000 --eval-episodes 10"
-    )
-    """flags passed unchanged to every run (network sizes etc.; keep them identical across modes)"""
+    mlp_dims: List[int] = field(default_factory=lambda: [64, 64])
+    """--mlp-dims of every run (actor, critics, dynamics)"""
+    enc_mlp_dims: List[int] = field(default_factory=lambda: [64])
+    """--enc-mlp-dims of every run"""
+    latent_dim: int = 16
+    """--latent-dim (FSQ groups) of every run"""
+    batch_size: int = 64
+    """--batch-size of every run"""
+    learning_rate: float = 1e-3
+    """--q-lr, --actor-lr and --enc-lr of every run"""
+    exploration_noise_decay_steps: int = 1_000
+    """--exploration-noise-decay-steps of every run"""
+    eval_episodes: int = 5
+    """--eval-episodes of every run"""
     runs_dir: str = "runs/iqrl_benchmark"
     """where the runs write TensorBoard logs and checkpoints"""
     output: str = os.path.join(REPO_ROOT, "benchmarks", "results", "iqrl_benchmark.txt")
     """the table (and the per-run lines) are also written to this file"""
 
 
+def shared_flags(args: Args) -> List[str]:
+    """Flags identical for every mode, so the three modes differ only in --no-fsq / --no-encoder."""
+    lr = str(args.learning_rate)
+    return [
+        "--mlp-dims", *map(str, args.mlp_dims), "--enc-mlp-dims", *map(str, args.enc_mlp_dims),
+        "--latent-dim", str(args.latent_dim), "--batch-size", str(args.batch_size),
+        "--q-lr", lr, "--actor-lr", lr, "--enc-lr", lr,
+        "--exploration-noise-decay-steps", str(args.exploration_noise_decay_steps),
+        "--eval-episodes", str(args.eval_episodes),
+    ]
+
+
 def run_one(args: Args, mode_flags: List[str], seed: int) -> dict:
     command = [
         sys.executable, os.path.join(REPO_ROOT, "iqrl_td3.py"), "--env-id", args.env_id, "--seed", str(seed),
         "--total-timesteps", str(args.total_timesteps), "--learning-starts", str(args.learning_starts),
-        "--runs-dir", args.runs_dir, "--torch-threads", "1", *args.extra_flags.split(), *mode_flags,
+        "--runs-dir", args.runs_dir, "--torch-threads", "1", *shared_flags(args), *mode_flags,
     ]
     start = time.time()
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
@@ -94,7 +120,7 @@ if __name__ == "__main__":
         f"iqrl_td3.py on {args.env_id}, {args.total_timesteps} env steps "
         f"({args.total_timesteps - args.learning_starts} updates), seeds {args.seeds}, "
         f"{args.parallel} runs in parallel, {total_minutes:.1f} min total",
-        f"flags: --learning-starts {args.learning_starts} {args.extra_flags}",
+        f"flags: --learning-starts {args.learning_starts} {' '.join(shared_flags(args))}",
         "",
         "| mode | eval return | latent rank % (tol 1e-1 / 1e-2 / 1e-3) | s per 1k updates | vs TD3 |",
         "|---|---|---|---|---|",
@@ -108,11 +134,12 @@ if __name__ == "__main__":
             f"| {name} | {mean_std([r['eval_return'] for r in runs], '.1f')} | {ranks} | "
             f"{mean_std(s_per_1k, '.1f')} | {np.mean(s_per_1k) / td3_s:.2f}x |"
         )
-        per_run += [
-            f"{name} seed {seed}: eval {r['eval_return']:.1f}, rank % {r['rank_1e-1']:.0f}/{r['rank_1e-2']:.0f}/"
-            f"{r['rank_1e-3']:.0f}, {r['s_per_1k_updates']:.1f} s/1k updates, {r['wall_s']:.0f} s wall"
-            for seed, r in zip(args.seeds, runs)
-        ]
+        for seed, r in zip(args.seeds, runs):
+            rank = "/".join("-" if np.isnan(r[f"rank_{tol}"]) else f"{r[f'rank_{tol}']:.0f}" for tol in ("1e-1", "1e-2", "1e-3"))
+            per_run.append(
+                f"{name} seed {seed}: eval {r['eval_return']:.1f}, rank % {rank}, "
+                f"{r['s_per_1k_updates']:.1f} s/1k updates, {r['wall_s']:.0f} s wall"
+            )
     text = "\n".join(lines + ["", "per run:"] + per_run) + "\n"
     print(text, end="")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -23,7 +23,7 @@ TINY = [
 ]
 
 
-def run_script(args, tmp_path, timeout=120):
+def run_script(args, tmp_path, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "runs"), *args],
@@ -190,6 +190,8 @@ def test_sequence_sampling_never_crosses_an_episode_end():
             terminated = ends and episode % 2 == 0
             rb.add([episode, step], [0.0], 0.0, [episode, step + 1], terminated, ends and not terminated)
         episode += 1
+    for step in range(3):  # an unfinished episode: the slots after it hold stale data from old episodes
+        rb.add([episode, step], [0.0], 0.0, [episode, step + 1], False, False)
     newest = rb.obs[(rb.pos - 1) % rb.capacity].copy()
     for _ in range(50):
         batch = rb.sample(64)
@@ -209,19 +211,23 @@ def test_sequence_sampling_never_crosses_an_episode_end():
 
 # --------------------------------------------------------------------------------- script smoke tests
 @pytest.mark.parametrize(
-    "mode_flags,env_id",
-    [([], "Hopper-v5"), (["--no-fsq"], "HalfCheetah-v5"), (["--no-encoder"], "Walker2d-v5")],
+    "mode_flags,env_id,in_subprocess",  # one real interpreter start-up; the others run __main__ in-process
+    [([], "Hopper-v5", True), (["--no-fsq"], "HalfCheetah-v5", False), (["--no-encoder"], "Walker2d-v5", False)],
 )
-def test_smoke_all_modes_write_a_loadable_checkpoint(tmp_path, capsys, mode_flags, env_id):
-    result = run_script(["--env-id", env_id, *TINY, *mode_flags], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "eval_return_mean=" in result.stdout
+def test_smoke_all_modes_write_a_loadable_checkpoint(tmp_path, capsys, mode_flags, env_id, in_subprocess):
+    if in_subprocess:
+        result = run_script(["--env-id", env_id, *TINY, *mode_flags], tmp_path)
+        code, out, err = result.returncode, result.stdout, result.stderr
+    else:
+        code, out, err = run_in_process(["--env-id", env_id, *TINY, *mode_flags], tmp_path, capsys)
+    assert code == 0, err[-2000:]
+    assert "eval_return_mean=" in out
     path = checkpoint_path(tmp_path)
     checkpoint = torch.load(path, weights_only=True)
     expected = {"actor", "qf1", "qf2", "metadata"}
     if "--no-encoder" not in mode_flags:
         expected |= {"encoder", "target_encoder", "dynamics"}
-        assert "final_latent_rank_pct_tol1e-03=" in result.stdout
+        assert "final_latent_rank_pct_tol1e-03=" in out
     assert set(checkpoint) == expected
     assert checkpoint["metadata"]["args"]["env_id"] == env_id
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp_")]  # atomic write left no temp
@@ -281,19 +287,20 @@ def test_bad_input_cases_are_one_line_errors(tmp_path, capsys):
 
 
 # -------------------------------------------------------------------------------------------- learning
-def test_learns_pendulum_better_than_random(tmp_path):
-    """The real algorithm (FSQ encoder + latent dynamics + TD3), small networks, ~1 minute on one core."""
-    result = run_script(
+def test_learns_pendulum_better_than_random(tmp_path, capsys):
+    """The real algorithm (FSQ encoder + latent dynamics + TD3) with small networks: ~40 s of one CPU core."""
+    code, out, err = run_in_process(
         [
-            "--env-id", "Pendulum-v1", "--seed", "1", "--total-timesteps", "3000", "--learning-starts", "600",
-            "--exploration-noise-start", "0.5", "--exploration-noise-decay-steps", "1000",
+            "--env-id", "Pendulum-v1", "--seed", "1", "--total-timesteps", "2500", "--learning-starts", "500",
+            "--q-lr", "1e-3", "--actor-lr", "1e-3", "--enc-lr", "1e-3", "--n-step", "3",
+            "--exploration-noise-start", "0.3", "--exploration-noise-decay-steps", "1000",
             "--mlp-dims", "64", "64", "--enc-mlp-dims", "64", "--latent-dim", "16", "--batch-size", "64",
-            "--n-step", "3", "--log-every", "500", "--eval-episodes", "5",
+            "--log-every", "500", "--eval-episodes", "5", "--no-save-model",
         ],
         tmp_path,
-        timeout=300,
+        capsys,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    eval_return = float(re.search(r"eval_return_mean=(\S+)", result.stdout).group(1))
-    # a uniformly random policy scores about -1200 on Pendulum-v1; a swing-up policy scores > -400
-    assert eval_return > -600, result.stdout[-2000:]
+    assert code == 0, err[-2000:]
+    eval_return = float(re.search(r"eval_return_mean=(\S+)", out).group(1))
+    # a uniformly random policy scores about -1200 on Pendulum-v1 (this run: about -345)
+    assert eval_return > -600, out[-2000:]
