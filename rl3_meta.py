@@ -26,7 +26,6 @@ from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
 from envs import bandit, gridworld, tabular_mdp
-from envs.tabular_mdp import value_iteration
 
 
 @dataclass
@@ -149,42 +148,70 @@ class ObjectLevelRL:
     running mean per (z,a,z') (0 for unseen), so an untried (z,a) has uniform transitions and reward 0.
     Terminal transitions go to an extra absorbing state of value 0. After every step: value iteration on
     the estimated model, warm-started from the previous values, at most `max_iters` sweeps (the task's
-    episode length), stopping once the change is below `tol`.
+    episode length), stopping once the largest change is below `tol`.
+
+    The counts are sparse (at most t transitions seen after t steps), so a Bellman backup never forms the
+    dense |Z| x A x |Z| model: sum_z' P(z'|z,a) V(z') = (sum over the seen transitions from (z,a) of V(z')
+    + ls sum_z' V(z')) / (N(z,a) + ls |Z|), which costs O(t + |Z| A) per task instead of O(|Z|^2 A).
     """
 
-    def __init__(self, num_tasks, abstraction, num_actions, laplace, gamma, tol, max_iters, value_scale):
+    def __init__(self, num_tasks, abstraction, num_actions, horizon, laplace, gamma, tol, max_iters, value_scale):
         self.phi = abstraction
         self.Z = int(abstraction.max()) + 2  # abstract states + the absorbing state
         self.B, self.A = num_tasks, num_actions
         self.laplace, self.gamma, self.tol, self.max_iters, self.value_scale = laplace, gamma, tol, max_iters, value_scale
-        self.terminal = np.zeros(self.Z, dtype=bool)
-        self.terminal[-1] = True
-        self.counts = np.zeros((self.B, self.Z, self.A, self.Z))
+        self.counts = np.zeros((self.B, self.Z, self.A, self.Z))  # N(z,a,z')
         self.reward_sums = np.zeros((self.B, self.Z, self.A, self.Z))
-        self.P = np.full((self.B, self.Z, self.A, self.Z), 1.0 / self.Z)
-        self.R = np.zeros((self.B, self.Z, self.A))
+        self.visits = np.zeros((self.B, self.Z, self.A))  # N(z,a)
+        self.R = np.zeros((self.B, self.Z, self.A))  # expected reward under the smoothed model
         self.Q = np.zeros((self.B, self.Z, self.A))
         self.V = np.zeros((self.B, self.Z))
+        # transition history: flat (task, z, a) index and successor z' of every step so far
+        self.seen_rows = np.zeros((self.B, horizon), dtype=np.int64)
+        self.seen_next = np.zeros((self.B, horizon), dtype=np.int64)
+        self.t = 0
 
     def update(self, states, actions, rewards, next_states, terminated):
-        """Record one transition per task, refresh the touched model rows, re-solve the model."""
+        """Record one transition per task, refresh the touched rows of the model, re-solve the model."""
         b = np.arange(self.B)
         z, z_next = self.phi[states], np.where(terminated, self.Z - 1, self.phi[next_states])
         self.counts[b, z, actions, z_next] += 1.0
         self.reward_sums[b, z, actions, z_next] += rewards
+        self.visits[b, z, actions] += 1.0
         n_zaz = self.counts[b, z, actions]  # (B, Z)
-        self.P[b, z, actions] = (n_zaz + self.laplace) / (n_zaz.sum(axis=1, keepdims=True) + self.laplace * self.Z)
         mean_reward = np.divide(self.reward_sums[b, z, actions], n_zaz, out=np.zeros_like(n_zaz), where=n_zaz > 0)
-        self.R[b, z, actions] = (self.P[b, z, actions] * mean_reward).sum(axis=1)
-        self.Q, self.V, _ = value_iteration(
-            self.P, self.R, self.gamma, self.max_iters, self.tol, V0=self.V, terminal=self.terminal
+        # R(z,a) = sum_z' P(z'|z,a) mean_reward(z,a,z')
+        self.R[b, z, actions] = ((n_zaz + self.laplace) * mean_reward).sum(axis=1) / (
+            self.visits[b, z, actions] + self.laplace * self.Z
         )
+        self.seen_rows[:, self.t] = (b * self.Z + z) * self.A + actions
+        self.seen_next[:, self.t] = z_next
+        self.t += 1
+        self.value_iteration()
+
+    def value_iteration(self):
+        """Synchronous sweeps Q = R + gamma * E_P[V], V = max_a Q, with V(absorbing) = 0."""
+        rows, next_z = self.seen_rows[:, : self.t].ravel(), self.seen_next[:, : self.t]
+        task = np.arange(self.B)[:, None]
+        normaliser = self.visits + self.laplace * self.Z
+        V = self.V
+        for _ in range(self.max_iters):
+            seen_sum = np.bincount(rows, weights=V[task, next_z].ravel(), minlength=self.B * self.Z * self.A)
+            expected_next = (seen_sum.reshape(self.B, self.Z, self.A) + self.laplace * V.sum(axis=1)[:, None, None]) / normaliser
+            self.Q = self.R + self.gamma * expected_next
+            V_new = self.Q.max(axis=2)
+            V_new[:, -1] = 0.0
+            delta = np.abs(V_new - V).max()
+            V = V_new
+            if delta < self.tol:
+                break
+        self.V = V
 
     def features(self, states) -> np.ndarray:
         """RL^3's appended vector for the current state: (Q(s,.) - V(s)) / scale, V(s) / scale, N(s,.) / 10."""
         b, z = np.arange(self.B), self.phi[states]
         q, v = self.Q[b, z], self.V[b, z][:, None]
-        return np.concatenate([(q - v) / self.value_scale, v / self.value_scale, self.counts[b, z].sum(axis=2) / 10.0], 1)
+        return np.concatenate([(q - v) / self.value_scale, v / self.value_scale, self.visits[b, z] / 10.0], axis=1)
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -204,17 +231,20 @@ class CausalSelfAttentionBlock(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
 
-    def forward(self, h, cache=None):
-        """h: (N, T, d). With `cache` (keys, values of earlier positions, or None at t = 0) h holds the newest
-        position only and attends to all cached ones; returns (output, updated cache)."""
+    def forward(self, h, cache=None, t=0):
+        """h: (N, T, d) -> (N, T, d), each position attending to itself and earlier ones. Incremental
+        decoding: h is position t alone (T = 1); its key and value are written into `cache`, the
+        preallocated (keys, values) buffers of shape (N, heads, max_len, d_head), and it attends to 0..t."""
         N, T, d = h.shape
         q, k, v = self.qkv(self.ln1(h)).view(N, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        incremental = cache is not None
-        if incremental and cache[0] is not None:  # (None, None): first position
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=not incremental)
+        if cache is None:
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            keys, values = cache
+            keys[:, :, t : t + 1], values[:, :, t : t + 1] = k, v
+            attended = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1])
         h = h + self.proj(attended.transpose(1, 2).reshape(N, T, d))
-        return h + self.mlp(self.ln2(h)), (k, v)
+        return h + self.mlp(self.ln2(h))
 
 
 class CausalTransformer(nn.Module):
@@ -234,14 +264,21 @@ class CausalTransformer(nn.Module):
         """x: (N, T, input_dim) -> (N, T, output_dim); position t sees inputs 0..t only."""
         h = self.embed(x) + self.positions[: x.shape[1]]
         for block in self.blocks:
-            h, _ = block(h)
+            h = block(h)
         return self.head(self.norm(h))
 
-    def step(self, x_t, t, caches):
-        """Output at position t from its input x_t (N, input_dim), reusing cached keys/values (rollouts)."""
+    def new_cache(self, batch_size):
+        """Empty key/value buffers for incremental decoding of `batch_size` sequences."""
+        max_len, d_model = self.positions.shape
+        n_heads = self.blocks[0].n_heads
+        shape = (batch_size, n_heads, max_len, d_model // n_heads)
+        return [(torch.zeros(shape), torch.zeros(shape)) for _ in self.blocks]
+
+    def step(self, x_t, t, cache):
+        """Output at position t from its input x_t (N, input_dim), reusing the cached keys/values (rollouts)."""
         h = (self.embed(x_t) + self.positions[t])[:, None]
-        for i, block in enumerate(self.blocks):
-            h, caches[i] = block(h, caches[i])
+        for block, block_cache in zip(self.blocks, cache):
+            h = block(h, block_cache, t)
         return self.head(self.norm(h))[:, 0]
 
 
@@ -271,7 +308,7 @@ def rollout(agent: Agent, env, args: Args, task_seeds):
     object_level = None
     if args.algo != "rl2":
         object_level = ObjectLevelRL(
-            B, state_abstraction(args, env), A, cfg["laplace"], args.obj_gamma, cfg["vi_tol"],
+            B, state_abstraction(args, env), A, H, cfg["laplace"], args.obj_gamma, cfg["vi_tol"],
             env.episode_length, cfg["value_scale"],
         )
     inputs = torch.zeros(B, H, input_dim(args, env))
@@ -282,7 +319,7 @@ def rollout(agent: Agent, env, args: Args, task_seeds):
     prev_reward = np.zeros(B)
     new_episode = np.ones(B)
     episode_step = np.zeros(B)
-    caches = [(None, None)] * len(agent.actor.blocks)
+    cache = agent.actor.new_cache(B)
     object_seconds = 0.0
     for t in range(H):
         parts = [prev_action, prev_reward[:, None], new_episode[:, None], np.full((B, 1), t / H),
@@ -290,7 +327,7 @@ def rollout(agent: Agent, env, args: Args, task_seeds):
         if object_level is not None:
             parts.append(object_level.features(states))
         inputs[:, t] = torch.from_numpy(np.concatenate(parts, axis=1)).float()
-        logits = agent.actor.step(inputs[:, t], t, caches)
+        logits = agent.actor.step(inputs[:, t], t, cache)
         dist = Categorical(logits=logits)
         action = dist.sample()
         actions[:, t], logprobs[:, t] = action, dist.log_prob(action)
@@ -443,10 +480,12 @@ if __name__ == "__main__":
         args.num_iterations = 0
     start_time = time.time()
     global_step = 0
+    timing = dict(rollout_seconds=0.0, object_level_seconds=0.0, update_seconds=0.0, update_epochs=0)
     for iteration in range(1, args.num_iterations + 1):
         iteration_start = time.time()
         ent_coef = args.ent_coef * (1.0 - (iteration - 1) / args.num_iterations)
         batch = rollout(agent, env, args, task_rng.integers(2**31, size=args.num_tasks).tolist())
+        rollout_seconds = time.time() - iteration_start
         global_step += args.batch_size
         meta_returns = batch["rewards"].sum(dim=1).numpy()
         oracle = env.optimal_returns()
@@ -466,8 +505,9 @@ if __name__ == "__main__":
         returns = advantages + values
 
         # PPO on whole meta-episodes: a minibatch is a set of tasks, each with its full H-step context
+        update_start = time.time()
         clipfracs = []
-        for epoch in range(args.update_epochs):
+        for epoch in range(1, args.update_epochs + 1):
             order = torch.randperm(args.num_tasks)
             for start in range(0, args.num_tasks, tasks_per_minibatch):
                 idx = order[start : start + tasks_per_minibatch]
@@ -491,6 +531,11 @@ if __name__ == "__main__":
                 optimizer.step()
             if approx_kl > args.target_kl:
                 break
+        update_seconds = time.time() - update_start
+        timing["rollout_seconds"] += rollout_seconds
+        timing["object_level_seconds"] += batch["object_seconds"]
+        timing["update_seconds"] += update_seconds
+        timing["update_epochs"] += epoch
 
         y_pred, y_true = values.flatten().numpy(), returns.flatten().numpy()
         explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
@@ -502,7 +547,10 @@ if __name__ == "__main__":
         writer.add_scalar("charts/ent_coef", ent_coef, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("charts/iteration_seconds", time.time() - iteration_start, global_step)
+        writer.add_scalar("charts/rollout_seconds", rollout_seconds, global_step)
         writer.add_scalar("charts/object_level_seconds", batch["object_seconds"], global_step)
+        writer.add_scalar("charts/update_seconds", update_seconds, global_step)
+        writer.add_scalar("charts/update_epochs", epoch, global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
         writer.add_scalar("losses/entropy", entropy.item(), global_step)
@@ -519,8 +567,9 @@ if __name__ == "__main__":
         print(f"model saved to {model_path}")
 
     module = DOMAINS[args.domain]["module"]
+    per_iteration = {f"{key}_per_iteration": value / max(args.num_iterations, 1) for key, value in timing.items()}
     results = {"args": vars(args), "train_seconds": time.time() - start_time,
-               "iteration_seconds": (time.time() - start_time) / max(args.num_iterations, 1), "eval": {}}
+               "iteration_seconds": (time.time() - start_time) / max(args.num_iterations, 1), **per_iteration, "eval": {}}
     for variant in [module.IN_DISTRIBUTION] + list(filter(None, args.ood.split(","))):
         result = evaluate(agent, args, variant)
         results["eval"][variant] = result

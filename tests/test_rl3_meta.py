@@ -53,7 +53,7 @@ def runs(tmp_path_factory):
 def finish(runs, name):
     """Wait for a run; assert it succeeded; return (stdout, eval.json contents, run directory)."""
     process, directory = runs[name]
-    stdout, stderr = process.communicate(timeout=300)
+    stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
     (run_dir,) = [os.path.join(directory, d) for d in os.listdir(directory)]
     with open(os.path.join(run_dir, "eval.json")) as f:
@@ -82,19 +82,24 @@ def test_same_seed_same_numbers(runs):
     assert "return" in stdout
 
 
-def test_load_model_evaluates_checkpoint(runs, tmp_path):
+def test_load_model_evaluates_checkpoint(runs, tmp_path, capsys):
     _, _, run_dir = finish(runs, ("rl3", "gridworld"))
+    path = os.path.join(run_dir, "rl3_meta.cleanrl_model")
     flags = ["--algo", "rl3", "--domain", "gridworld", "--horizon", "20", "--eval-tasks", "2", "--ood", "corner",
-             "--load-model", os.path.join(run_dir, "rl3_meta.cleanrl_model")]
+             "--load-model", path]
     result = subprocess.run([sys.executable, "rl3_meta.py", "--runs-dir", str(tmp_path)] + flags, cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "eval standard" in result.stdout and "eval corner" in result.stdout and "iter " not in result.stdout
     # a checkpoint of another configuration is refused with one line
-    result = subprocess.run([sys.executable, "rl3_meta.py", "--runs-dir", str(tmp_path)] + flags + ["--algo", "rl2"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "'algo': 'rl3'" in result.stderr
+    args = rl3_meta.Args(algo="rl2", domain="gridworld", horizon=20)
+    rl3_meta.validate(args)
+    env = rl3_meta.make_env(args, 1)
+    agent = rl3_meta.Agent(rl3_meta.input_dim(args, env), env.num_actions, args.horizon, args)
+    with pytest.raises(SystemExit):
+        rl3_meta.load_checkpoint(agent, args, path)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "'algo': 'rl3'" in err and "'algo': 'rl2'" in err
 
 
 def test_cli_unknown_algo_is_one_line_error(tmp_path):
@@ -157,25 +162,25 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_count_model_laplace_smoothing_and_reward_means():
-    abstraction = np.arange(3)
-    model = rl3_meta.ObjectLevelRL(2, abstraction, 2, laplace=0.1, gamma=0.9, tol=1e-6, max_iters=500, value_scale=10.0)
+    model = rl3_meta.ObjectLevelRL(2, np.arange(3), 2, horizon=3, laplace=0.1, gamma=0.9, tol=1e-9, max_iters=1000,
+                                   value_scale=10.0)
     Z = 4  # 3 states + the absorbing state
     for reward, s_next in [(1.0, 1), (3.0, 1), (5.0, 2)]:
         model.update(np.array([0, 0]), np.array([1, 1]), np.array([reward, reward]), np.array([s_next, s_next]),
                      np.array([False, True]))
-    # task 0: N(0,1,1) = 2, N(0,1,2) = 1 -> P = (N + 0.1) / (3 + 0.1 * 4)
-    np.testing.assert_allclose(model.P[0, 0, 1], np.array([0.1, 2.1, 1.1, 0.1]) / 3.4)
-    # rewards: running means per (s,a,s'), 0 where unseen
-    np.testing.assert_allclose(model.R[0, 0, 1], (2.1 * 2.0 + 1.1 * 5.0) / 3.4)
-    # task 1: every transition was terminal -> all counts on the absorbing state
-    np.testing.assert_allclose(model.P[1, 0, 1], np.array([0.1, 0.1, 0.1, 3.1]) / 3.4)
-    # untried (state, action): uniform transitions and reward 0
-    np.testing.assert_allclose(model.P[:, 2, 0], 1.0 / Z)
-    assert np.all(model.R[:, 2, 0] == 0.0)
-    # the absorbing state keeps value 0 and Q solves the estimated model's Bellman equation
+    np.testing.assert_array_equal(model.counts[0, 0, 1], [0, 2, 1, 0])
+    np.testing.assert_array_equal(model.counts[1, 0, 1], [0, 0, 0, 3])  # terminal transitions -> absorbing state
+    # P(.|0,1) = (N + 0.1) / (3 + 0.1 * 4); reward: running means 2 (to state 1) and 5 (to state 2), 0 unseen
+    P01 = np.array([0.1, 2.1, 1.1, 0.1]) / 3.4
+    np.testing.assert_allclose(model.R[0, 0, 1], P01 @ [0.0, 2.0, 5.0, 0.0])
+    assert np.all(model.R[:, 2, 0] == 0.0)  # untried: reward 0
+    # value iteration on the smoothed model: Q(s,a) = R(s,a) + 0.9 * sum_s' P(s'|s,a) V(s'), V(absorbing) = 0
+    P = (model.counts + 0.1) / (model.counts.sum(axis=3, keepdims=True) + 0.1 * Z)
+    np.testing.assert_allclose(P[0, 0, 1], P01)
     assert np.all(model.V[:, -1] == 0.0)
-    expected_q = model.R + 0.9 * np.einsum("bsaz,bz->bsa", model.P, model.V)
-    np.testing.assert_allclose(model.Q, expected_q, atol=1e-5)
+    np.testing.assert_allclose(model.Q, model.R + 0.9 * np.einsum("bsaz,bz->bsa", P, model.V), atol=1e-8)
+    np.testing.assert_allclose(model.Q[:, 2, 0], 0.9 * model.V.mean(axis=1), atol=1e-8)  # untried: uniform
+    np.testing.assert_allclose(model.V[:, :3], model.Q[:, :3].max(axis=2), atol=1e-8)
     features = model.features(np.array([0, 0]))
     v = model.V[:, 0]
     np.testing.assert_allclose(features[:, :2], (model.Q[:, 0] - v[:, None]) / 10.0)
@@ -184,7 +189,7 @@ def test_count_model_laplace_smoothing_and_reward_means():
 
 
 def test_object_level_bandit_features_rank_arms_by_mean_reward():
-    model = rl3_meta.ObjectLevelRL(1, np.zeros(1, dtype=np.int64), 3, 0.1, 0.95, 0.01, 1, 1.0)
+    model = rl3_meta.ObjectLevelRL(1, np.zeros(1, dtype=np.int64), 3, 5, 0.1, 0.95, 0.01, 1, 1.0)
     for arm, reward in [(0, 1.0), (0, 1.0), (1, 0.0), (1, 1.0), (2, 0.0)]:
         model.update(np.zeros(1, dtype=np.int64), np.array([arm]), np.array([reward]), np.zeros(1, dtype=np.int64), np.array([True]))
     advantages = model.features(np.zeros(1, dtype=np.int64))[0, :3]
@@ -213,8 +218,8 @@ def test_incremental_decoding_matches_full_causal_forward():
     net = rl3_meta.CausalTransformer(7, 3, 12, args, head_std=1.0)
     x = torch.randn(5, 12, 7)
     full = net(x)
-    caches = [(None, None)] * len(net.blocks)
-    steps = torch.stack([net.step(x[:, t], t, caches) for t in range(12)], dim=1)
+    cache = net.new_cache(5)
+    steps = torch.stack([net.step(x[:, t], t, cache) for t in range(12)], dim=1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)
     # causality: changing a later input leaves earlier outputs unchanged
     x2 = x.clone()
