@@ -5,6 +5,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -17,3 +18,19 @@ os.environ.setdefault("R3L_ANCHOR_CACHE", tempfile.mkdtemp(prefix="r3l-anchors-t
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+def colour_change_residual(frames_a, frames_b, colour_a: str, colour_b: str, channel_axis: int = -1) -> float:
+    """Largest part of the pixel differences between two renders of the same states in two colours
+    that background and grass cannot explain.
+
+    A pixel covering background and grass fractions (w_bg, w_grass) changes by
+    w_bg * delta_background + w_grass * delta_grass between colours, so every difference lies in the
+    span of those two colour differences; the residual is only rounding when nothing else changed."""
+    from envs.car_racing import parse_bg_color
+
+    (background_a, grass_a), (background_b, grass_b) = parse_bg_color(colour_a), parse_bg_color(colour_b)
+    span = np.array([np.subtract(background_b, background_a), np.subtract(grass_b, grass_a)], dtype=float).T
+    projector = span @ np.linalg.pinv(span)
+    difference = np.moveaxis(np.asarray(frames_b, dtype=float) - np.asarray(frames_a, dtype=float), channel_axis, -1)
+    return float(np.abs(difference - difference @ projector.T).max())

@@ -5,7 +5,8 @@ import pytest
 
 import envs.anchors as anchors
 from envs.anchors import AnchorRecipe, WaypointDriver, load_anchor_set, record_trajectory, render_trajectory
-from envs.car_racing import ColorCarRacing, parse_bg_color
+from conftest import colour_change_residual
+from envs.car_racing import ColorCarRacing
 
 # A small recipe so that the mechanics are tested in seconds; the default set is tested below.
 SMALL = AnchorRecipe(track_seeds=(2, 5), steps_per_track=80, num_anchors=48)
@@ -30,13 +31,8 @@ def test_trajectory_replays_are_bit_identical_and_differ_only_in_colour():
     green = render_trajectory(2, actions, "green")
     np.testing.assert_array_equal(green, render_trajectory(2, actions, "green"))
     red = render_trajectory(2, actions, "red", task="scrambled")  # the action order does not matter for replays
-    # Pixel differences lie along the background/grass colour difference, which for red vs green is
-    # (+1, -1, 0) in RGB: the blue channel never changes and red + green is preserved (up to rounding).
-    assert np.array_equal(parse_bg_color("red")[0][2], parse_bg_color("green")[0][2])
-    difference = red.astype(int) - green
-    assert np.any(difference != 0)
-    assert np.abs(difference[:, 2]).max() <= 1
-    assert np.abs(difference[:, 0] + difference[:, 1]).max() <= 2
+    assert np.any(red != green)
+    assert colour_change_residual(green, red, "green", "red", channel_axis=1) <= 3.0
 
 
 def test_far_task_renders_the_same_states_with_another_camera():
@@ -104,11 +100,7 @@ def test_anchor_sets_of_two_colours_hold_the_same_states(tmp_path):
     assert green.set_id == pink.set_id
     np.testing.assert_array_equal(green.steering, pink.steering)
     assert not np.array_equal(green.frames, pink.frames)
-    # Pure road pixels (grey, 102-107: the tiles' shades) are untouched by the background colour.
-    grey = np.all(green.frames == green.frames[:, :1], axis=1)
-    road = grey & (green.frames[:, 0] >= 102) & (green.frames[:, 0] <= 107)
-    assert road.mean() > 0.05
-    np.testing.assert_array_equal(pink.frames.transpose(0, 2, 3, 1)[road], green.frames.transpose(0, 2, 3, 1)[road])
+    assert colour_change_residual(green.frames, pink.frames, "green", "pink", channel_axis=1) <= 3.0
 
 
 def test_bad_requests_are_clear_errors(tmp_path):
