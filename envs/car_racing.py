@@ -15,6 +15,18 @@ The physics, track generation and reward are gymnasium's own (we subclass
   ``no_idle``   Discrete(4): left, right, gas, brake (the scrambled order without "nothing")
   ============  ===========================================================================
 
+* the reward (``reward``), as the lanes of the REPAINT paper's DeepRacer experiment (Tao et al. 2021):
+
+  ==============  =========================================================================
+  ``standard``    the task's reward
+  ``inner_lane``  the task's reward + 0.5 * u per step
+  ``outer_lane``  the task's reward - 0.5 * u per step
+  ==============  =========================================================================
+
+  where u = o / TRACK_WIDTH is the car's signed lateral offset o from the track centre line (positive towards
+  the inside of the loop, `ColorCarRacing.lateral_offset`) divided by the road's half-width (20/3), in [-1, 1]
+  on the road; off the road (|u| > 1) both lane variants give -0.5 instead.
+
 "Left" and "right" are the labels of gymnasium's documentation for its actions 1 and 2
 (gymnasium issue #1369 notes that action 1 in fact turns the car right); the variants re-order
 gymnasium's actions, they do not change what an action does.
@@ -64,9 +76,14 @@ SLOW_SPEED_LIMIT = 35.0
 PER_FRAME_PENALTY = 0.1  # gymnasium's -0.1 per frame, which the "slow" task removes
 OFF_PLAYFIELD_REWARD = -100.0
 
+# Reward variants: the lane term's weight per step (see the module docstring).
+REWARDS = ("standard", "inner_lane", "outer_lane")
+LANE_WEIGHT = 0.5
+
 OBS_SIZE = 84
 # How the 96x96 state frame is drawn: "fast" (envs/fast_render.py, arrays at observation
-# resolution) or "gymnasium" (gymnasium's pygame renderer, ~20x slower, kept for comparison).
+# resolution; ~10x gymnasium's steps/s, docs/fast_render.md) or "gymnasium" (gymnasium's pygame
+# renderer, kept for comparison).
 RENDER_BACKENDS = ("fast", "gymnasium")
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -100,6 +117,12 @@ def check_task(task: str) -> str:
     return task
 
 
+def check_reward(reward: str) -> str:
+    if reward not in REWARDS:
+        raise ValueError(f"unknown reward {reward!r}: accepted are {', '.join(REWARDS)}")
+    return reward
+
+
 def check_render_backend(render_backend: str) -> str:
     if render_backend not in RENDER_BACKENDS:
         raise ValueError(f"unknown render_backend {render_backend!r}: accepted are {', '.join(RENDER_BACKENDS)}")
@@ -119,13 +142,15 @@ class ColorCarRacing(gym_car_racing.CarRacing):
     """
 
     def __init__(
-        self, bg_color: str = "green", task: str = "standard", render_mode: str | None = None, render_backend: str = "fast"
+        self, bg_color: str = "green", task: str = "standard", render_mode: str | None = None, render_backend: str = "fast",
+        reward: str = "standard",
     ):
         self.background_rgb, self.grass_rgb = parse_bg_color(bg_color)
         self.bg_color_name = bg_color
         self.task = check_task(task)
+        self.reward_variant = check_reward(reward)  # (gymnasium's self.reward is the running episode reward)
         self.render_backend = check_render_backend(render_backend)
-        self.state_renderer = StateRenderer(self.background_rgb, self.grass_rgb)
+        self.state_renderer = StateRenderer(self.background_rgb, self.grass_rgb, TASKS[task]["zoom"])
         spec = TASKS[task]
         self.action_to_gym = np.array(spec["actions"], dtype=np.int64)
         self.max_episode_steps = spec["max_steps"]
@@ -144,8 +169,33 @@ class ColorCarRacing(gym_car_racing.CarRacing):
         created = super()._create_track()
         if created:
             self._share_tile_colors()
+            self._measure_centre_line()
             self.state_renderer.set_track(self.road_poly, self.road_poly_colors)
         return created
+
+    def _measure_centre_line(self):
+        """Centre-line waypoints (x, y) of `self.track` and the loop's orientation: +1 when it runs
+        counter-clockwise (positive shoelace area), so that the inside of the loop is on the left."""
+        self.track_xy = np.array([(x, y) for _, _, x, y in self.track])
+        x, y = self.track_xy[:, 0], self.track_xy[:, 1]
+        self.inside_sign = 1.0 if np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) > 0 else -1.0
+
+    def lateral_offset(self) -> float:
+        """Signed distance of the car from the track centre line, positive towards the inside of the loop:
+        the car's position relative to the nearest waypoint p_i, projected on the left normal of the
+        segment p_i -> p_(i+1), times the loop's orientation."""
+        position = np.array(self.car.hull.position, dtype=np.float64)
+        i = int(np.argmin(((self.track_xy - position) ** 2).sum(axis=1)))
+        tangent = self.track_xy[(i + 1) % len(self.track_xy)] - self.track_xy[i]
+        left = np.array([-tangent[1], tangent[0]]) / np.linalg.norm(tangent)
+        return float(self.inside_sign * (position - self.track_xy[i]) @ left)
+
+    def lane_reward(self) -> float:
+        """The lane term of the ``inner_lane`` / ``outer_lane`` rewards (module docstring)."""
+        u = self.lateral_offset() / gym_car_racing.TRACK_WIDTH
+        if abs(u) > 1.0:
+            return -LANE_WEIGHT
+        return LANE_WEIGHT * (u if self.reward_variant == "inner_lane" else -u)
 
     def _share_tile_colors(self):
         """Keep the colours of all road polygons in one (N, 3) array, `road_poly_colors`.
@@ -195,6 +245,8 @@ class ColorCarRacing(gym_car_racing.CarRacing):
             raise gym.error.InvalidAction(f"invalid action {action!r} for task {self.task!r}: expected {self.action_space}")
         obs, reward, terminated, truncated, info = self.step_gym_action(int(self.action_to_gym[action]))
         self.elapsed_steps += 1
+        if self.reward_variant != "standard":
+            reward += self.lane_reward()
         if self.task == "slow":
             left_playfield = terminated and info.get("lap_finished") is False
             if not left_playfield:
@@ -264,7 +316,10 @@ def make_color_car_racing(
     frame_stack: int = 1,
     render_mode: str | None = None,
     render_backend: str = "fast",
+    reward: str = "standard",
 ) -> gym.Env:
     """`ColorCarRacing-v0` with the shared preprocessing: what every CarRacing script trains on."""
-    env = gym.make("ColorCarRacing-v0", bg_color=bg_color, task=task, render_mode=render_mode, render_backend=render_backend)
+    env = gym.make(
+        "ColorCarRacing-v0", bg_color=bg_color, task=task, render_mode=render_mode, render_backend=render_backend, reward=reward
+    )
     return ColorCarRacingObservation(env, frame_stack=frame_stack)

@@ -2,33 +2,42 @@
 
 Gymnasium draws every road and grass polygon one by one on a 1000x800 window, flips it and
 smooth-scales it to 96x96. `StateRenderer` computes the same 96x96 frame from the same polygons
-with a few dozen array operations, several times faster (docs/fast_render.md has the figures):
+with a few array operations (docs/fast_render.md has the figures):
 
 1. **Camera.** Gymnasium maps a world point w to the window as ``zoom * R(-car angle) (w - car) +
    (500, 200)``, flips the window vertically and scales it by (96/1000, 96/800). Composed, that is
    one affine map from the world straight to *output pixels*; nothing is drawn at window size.
-2. **Culling.** Road, kerb and grass polygons are fixed for an episode: one array of quads. A quad
-   is drawn when its bounding circle meets the circle around the visible part of the frame.
-3. **Exact-area rasterisation.** Smooth-scaling averages the window pixels under an output pixel,
-   so an output pixel shows each polygon in proportion to the area of the pixel it covers. We
-   compute those areas exactly, as font rasterisers do. Every polygon edge is cut into pieces, one
-   per output row it crosses; a piece of vertical extent ``dy`` adds ``dy`` to the coverage of all
-   pixels to its right in that row (+ on the polygon's left side, - on its right side, so the two
-   cancel outside the polygon). Within its own pixels a slanted piece adds a linear ramp instead of
-   a step. A ramp is the double prefix sum of three impulses, so one `np.bincount` collects the
-   impulses of every piece and one matrix product with a triangular matrix (the double prefix sum
-   along the rows) turns them into coverage planes.
+2. **Ground texture (steady state).** After the first second the zoom is the task's, and the
+   ground (background, grass, road, kerbs) only changes where the car visits a tile. The ground
+   is kept as a texture in world axes, two cells per output pixel height, each texel the area
+   average over a pixel-sized square (2x2 cells); a frame gathers, per output pixel, the texel
+   nearest to its centre through the inverse camera map: one gather of 96x84 words. Chunks of the
+   texture are drawn when the view first reaches them, and the texels under a tile are redrawn
+   when its colour changes.
+3. **Exact-area rasterisation** draws the texture's cells and, during the zoom-in of the first
+   second or when the view reaches past the playfield's edge, the frame itself. Smooth-scaling
+   averages the window pixels under an output pixel, so an output pixel shows each polygon in
+   proportion to the area of the pixel it covers; we compute those areas exactly, as font
+   rasterisers do. Every polygon edge is cut into pieces, one per row it crosses; a piece of
+   vertical extent ``dy`` adds ``dy`` to the coverage of all pixels to its right in that row (+ on
+   the polygon's left side, - on its right side, so the two cancel outside the polygon). Within
+   its own pixels a slanted piece adds a linear ramp instead of a step. A ramp is the double
+   prefix sum of three impulses, so one `np.bincount` collects the impulses of every piece and a
+   double prefix sum along the rows turns them into coverage planes. The grass checkerboard is a
+   product of x and y intervals: its coverage of a cell is a product of two 1-D coverages.
 4. **Compositing.** Gymnasium paints background, grass, road and kerbs, wheels, hull. Polygons of
    one layer do not overlap (neighbouring road tiles share an edge), so each layer is a coverage
    plane plus colour-weighted planes, and painting a layer over what is below is
-   ``below * (1 - coverage) + colour``; the planes are mixed into RGB with one matrix product.
+   ``below * (1 - coverage) + colour``. The car (fixed in the view but for its wheels) is painted
+   over the ground with coverage sampled at 4x4 points per pixel.
 5. **Indicator bar.** The black bar and its bars are axis-aligned rectangles (exact coverage); the
    score is gymnasium's own font, rendered once per distinct score text and cached.
 
 Not modelled: pygame's fill rules (its polygons come out up to a window pixel, 0.1 output pixel,
-larger) and where track tiles overlap each other (their coverage adds up). The frames differ from
-gymnasium's by ~0.2/255 per channel on average after the 84x84 preprocessing
-(tests/test_fast_render.py bounds it by 4/255).
+larger) and where track tiles overlap each other (their coverage adds up); the texture's texel
+is square and sampled at the nearest texel, while an output pixel is a rotated 0.64 x 0.51
+(zoom 2.7) rectangle. The frames differ from gymnasium's by well under 1/255 per channel on
+average after the 84x84 preprocessing (tests/test_fast_render.py bounds it by 4/255).
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import math
 import numpy as np
 import pygame
 from gymnasium.envs.box2d import car_dynamics
-from gymnasium.envs.box2d.car_racing import GRASS_DIM, PLAYFIELD, SCALE, STATE_H, STATE_W, WINDOW_H, WINDOW_W
+from gymnasium.envs.box2d.car_racing import GRASS_DIM, PLAYFIELD, SCALE, STATE_H, STATE_W, WINDOW_H, WINDOW_W, ZOOM
 
 # Window pixels -> output pixels: the 1000x800 window is scaled anisotropically to 96x96.
 X_SCALE = STATE_W / WINDOW_W  # 0.096
@@ -49,6 +58,26 @@ CAR_WINDOW_X, CAR_WINDOW_Y = WINDOW_W / 2, WINDOW_H / 4
 # Gymnasium's indicator bar covers the bottom 5/40 of the window: output rows 84..95.
 BAR_TOP_WINDOW = WINDOW_H - 5 * WINDOW_H / 40
 WORLD_ROWS = round(BAR_TOP_WINDOW * Y_SCALE)  # 84 rows show the world
+# The car in output pixels; the visible world (the window above the bar) is a rectangle centred
+# VIEW_AHEAD / zoom in front of the car, within a circle of radius VIEW_HALF_DIAGONAL / zoom.
+CAR_OUTPUT = (X_SCALE * CAR_WINDOW_X, Y_SCALE * (WINDOW_H - CAR_WINDOW_Y))
+VIEW_HALF_DIAGONAL = math.hypot(WINDOW_W / 2, BAR_TOP_WINDOW / 2)
+VIEW_AHEAD = WINDOW_H - BAR_TOP_WINDOW / 2 - CAR_WINDOW_Y
+
+# Ground texture (see `StateRenderer.sample_texture`): texels per output pixel height at the steady
+# zoom, texels per side of the square chunks it is drawn in, and the output pixels' centres as rows
+# (u, v, 1), row-major.
+TEXELS_PER_PIXEL = 2
+CHUNK = 64
+_v, _u = np.mgrid[0:WORLD_ROWS, 0:STATE_W] + 0.5
+PIXEL_CENTERS = np.stack([_u.ravel(), _v.ravel(), np.ones(_u.size)], axis=1).astype(np.float32)
+VIEW_CORNERS = ((0, 0), (STATE_W, 0), (0, WORLD_ROWS), (STATE_W, WORLD_ROWS))
+# Pixel intervals [j, j + 1) along either axis of the frame (the indicators' coverage).
+PIXEL_STARTS = np.arange(STATE_W, dtype=np.float64)
+PIXEL_ENDS = PIXEL_STARTS + 1
+# The car's coverage: sample points per pixel along each axis.
+CAR_SAMPLES = 4
+
 # A piece's impulses land up to 2 columns right of it; columns >= STATE_W are cut off afterwards.
 PLANE_COLS = STATE_W + 3
 # DOUBLE_PREFIX_SUM[i, j] = j - i + 1 for i <= j: impulses @ it is the double prefix sum along a row.
@@ -65,7 +94,6 @@ SMOOTHSCALE_SHIFT = -2.0 + 0.5
 # Coverage planes. The ground planes span the world rows of the frame (the background plane is
 # only needed when the view reaches past the playfield), the car planes only the rows of the car.
 GRASS, ROAD, ROAD_RED, ROAD_GREEN_BLUE, BACKGROUND = range(5)
-WHEEL, WHEEL_STRIPE, HULL = range(3)
 GROUND_PLANE_SIZE = WORLD_ROWS * PLANE_COLS
 
 HULL_COLOR = (204.0, 0.0, 0.0)  # int(255 * (0.8, 0, 0)), as Car.draw
@@ -103,32 +131,23 @@ GRASS_QUADS = np.array(
 # The background is one quad over the whole playfield; outside it the window stays black.
 BACKGROUND_QUAD = np.array([[(1, 1), (1, -1), (-1, -1), (-1, 1)]], dtype=np.float64) * PLAYFIELD
 
-# The car in body coordinates, all quads: 4 wheels (one per wheel body) and the hull's four
-# fixtures, with the octagon HULL_POLY3 cut into three horizontal slabs. The hull parts overlap;
-# they share one colour, so the hull's coverage simply saturates at 1.
+# The car in body coordinates, as Python tuples (see `body_output_quads`): the wheel (one per wheel
+# body) and the hull's four fixtures, with the octagon HULL_POLY3 cut into three horizontal slabs.
+# The hull parts overlap; they share one colour, so the hull's coverage is their union's.
 WHEEL_W, WHEEL_R = car_dynamics.WHEEL_W * car_dynamics.SIZE, car_dynamics.WHEEL_R * car_dynamics.SIZE
-WHEEL_QUAD = np.array([(-WHEEL_W, WHEEL_R), (WHEEL_W, WHEEL_R), (WHEEL_W, -WHEEL_R), (-WHEEL_W, -WHEEL_R)])
+WHEEL_QUAD = ((-WHEEL_W, WHEEL_R), (WHEEL_W, WHEEL_R), (WHEEL_W, -WHEEL_R), (-WHEEL_W, -WHEEL_R))
 _H3 = car_dynamics.HULL_POLY3
-HULL_QUADS = np.array(
-    [
+HULL_QUADS = tuple(
+    tuple((x * car_dynamics.SIZE, y * car_dynamics.SIZE) for x, y in quad)
+    for quad in (
         car_dynamics.HULL_POLY1,
         car_dynamics.HULL_POLY2,
-        [_H3[0], _H3[1], _H3[6], _H3[7]],
-        [_H3[1], _H3[2], _H3[5], _H3[6]],
-        [_H3[2], _H3[3], _H3[4], _H3[5]],
+        (_H3[0], _H3[1], _H3[6], _H3[7]),
+        (_H3[1], _H3[2], _H3[5], _H3[6]),
+        (_H3[2], _H3[3], _H3[4], _H3[5]),
         car_dynamics.HULL_POLY4,
-    ],
-    dtype=np.float64,
-) * car_dynamics.SIZE
-
-# All car quads in drawing order, the body each belongs to (wheels 0-3, hull 4) and its plane.
-# The stripes' heights change with the wheels' phase; hidden stripes stay flat (no area).
-STRIPE_TEMPLATE = np.array([(-WHEEL_W, 0.0), (WHEEL_W, 0.0), (WHEEL_W, 0.0), (-WHEEL_W, 0.0)])
-CAR_LOCAL_QUADS = np.concatenate([np.tile(WHEEL_QUAD, (4, 1, 1)), np.tile(STRIPE_TEMPLATE, (4, 1, 1)), HULL_QUADS])
-CAR_BODIES = np.array([0, 1, 2, 3, 0, 1, 2, 3] + [4] * len(HULL_QUADS))
-CAR_PLANES = np.array([WHEEL] * 4 + [WHEEL_STRIPE] * 4 + [HULL] * len(HULL_QUADS))
-# Stripes are built bottom-to-top in wheel coordinates: counter-clockwise.
-CAR_SIGNS = np.concatenate([np.sign(signed_area(np.tile(WHEEL_QUAD, (4, 1, 1)))), np.ones(4), np.sign(signed_area(HULL_QUADS))])
+    )
+)
 BACKGROUND_SIGN = np.sign(signed_area(BACKGROUND_QUAD))
 
 # The indicator bar, in window units after the flip (gymnasium's `CarRacing._render_indicators`):
@@ -153,18 +172,27 @@ def camera_zoom(t: float, zoom: float) -> float:
 
 
 def coverage_impulses(
-    quads: np.ndarray, offsets: np.ndarray, weights: np.ndarray, n_colored: int, colors: np.ndarray, color_stride: int, size: int
+    quads: np.ndarray,
+    offsets: np.ndarray,
+    weights: np.ndarray,
+    n_colored: int,
+    colors: np.ndarray,
+    color_stride: int,
+    size: int,
+    rows: int = WORLD_ROWS,
+    cols: int = STATE_W,
 ) -> np.ndarray:
     """Second-order impulses whose double prefix sum along each row is the exact area coverage.
 
-    quads: (P, 4, 2) in output pixels (x right, y down); only rows 0..WORLD_ROWS-1 are drawn.
-    Quad p adds `weights[p]` per unit of covered area to its plane, a (rows, PLANE_COLS) block of
+    quads: (P, 4, 2) in pixels (x right, y down) of a (rows, cols) target: the frame's world rows
+    (the defaults) or a block of the ground texture.
+    Quad p adds `weights[p]` per unit of covered area to its plane, a (rows, cols + 3) block of
     the flat result whose row 0 starts at `offsets[p]`; weights are +1 for quads whose left side
     runs down the frame (negative `signed_area` in these coordinates), -1 for the others. The first
     `n_colored` quads (the road) also add weight * colors[p, k] to the planes k + 1 strides later.
     Returns the flat (size,) impulses.
     """
-    rows = WORLD_ROWS
+    stride = cols + 3  # a piece's impulses land up to 2 columns right of it
     # Edges, one per quad side: start (x0, y0), end (x1, y1), dx per unit of y.
     x0, y0 = quads[..., 0].ravel(), quads[..., 1].ravel()
     ends = quads[:, (1, 2, 3, 0)]
@@ -192,11 +220,11 @@ def coverage_impulses(
     # a = (1 - f)^2 / 2 and pixel m + k by k + 1/2 - f, i.e. second differences a, 3/2 - f - 2a,
     # f + a - 1/2 at columns m, m+1, m+2. A ramp starting at x < 0 covers pixel j by
     # j + 1/2 - x: the ramp starting at 0 plus a step of -x (second differences -x, x at columns
-    # 0 and 1). A ramp starting right of the frame never reaches it (clamped to column STATE_W).
+    # 0 and 1). A ramp starting right of the frame never reaches it (clamped to column `cols`).
     start = np.minimum(x_a, x_b)
     ramp_x = np.stack([start, start + width])
     step = np.maximum(-ramp_x, 0)
-    ramp_x = np.minimum(ramp_x + step, STATE_W)
+    ramp_x = np.minimum(ramp_x + step, cols)
     column = np.floor(ramp_x)
     f = ramp_x - column
     a = 0.5 * (1 - f) ** 2
@@ -206,7 +234,7 @@ def coverage_impulses(
 
     # Scatter: (plane, row, column) -> flat index. Road pieces also go to the colour planes.
     quad = edge // 4
-    index = row * PLANE_COLS + column.astype(np.intp) + np.arange(3)[:, None, None] + offsets[quad]
+    index = row * stride + column.astype(np.intp) + np.arange(3)[:, None, None] + offsets[quad]
     n_colored_pieces = np.searchsorted(quad, n_colored)
     colored_index = index[..., :n_colored_pieces]
     colored_impulses = impulses[..., :n_colored_pieces]
@@ -221,10 +249,66 @@ def double_prefix_sum(impulses: np.ndarray) -> np.ndarray:
     return impulses.astype(np.float32) @ DOUBLE_PREFIX_SUM
 
 
-def interval_coverage(lo: np.ndarray, hi: np.ndarray, first: int, end: int) -> np.ndarray:
-    """(K, end - first) float32 length of each interval [lo, hi) within the pixels [j, j + 1), first <= j < end."""
-    j = np.arange(first, end)
-    return np.maximum(np.minimum(hi[:, None], j + 1) - np.maximum(lo[:, None], j), 0).astype(np.float32)
+def interval_coverage(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(K, 96) float32 length of each interval [lo, hi) within the pixels [j, j + 1), 0 <= j < 96."""
+    return np.maximum(np.minimum(hi[:, None], PIXEL_ENDS) - np.maximum(lo[:, None], PIXEL_STARTS), 0).astype(np.float32)
+
+
+def body_output_quads(body, local_quads, to_output: tuple, offset: tuple) -> list:
+    """A Box2D body's quads (body coordinates) in output pixels, as lists of 4 (u, v) corners.
+    Python scalars: a few dozen points are cheaper than arrays."""
+    # Body -> output: to_output (position + R(angle) p) + offset = M p + t.
+    (t00, t01), (t10, t11) = to_output
+    cos, sin = math.cos(body.angle), math.sin(body.angle)
+    m00, m01, m10, m11 = t00 * cos + t01 * sin, t01 * cos - t00 * sin, t10 * cos + t11 * sin, t11 * cos - t10 * sin
+    x, y = body.position
+    u, v = t00 * x + t01 * y + offset[0], t10 * x + t11 * y + offset[1]
+    return [[(m00 * px + m01 * py + u, m10 * px + m11 * py + v) for px, py in quad] for quad in local_quads]
+
+
+def wheel_output_quads(wheels, to_output: tuple, offset: tuple) -> list:
+    """The 4 wheels then their 4 stripes, in output pixels (`body_output_quads`)."""
+    quads, stripes = [], []
+    for wheel in wheels:
+        # Car.draw: a wheel's stripe spans the wheel's width between heights R cos(phase) and
+        # R cos(phase + 1.2); where the sine is positive the height is clamped to +-R, and the
+        # stripe is hidden (here: made flat, which covers nothing) when both sines are positive.
+        phases = (wheel.phase, wheel.phase + 1.2)
+        if all(math.sin(phase) > 0 for phase in phases):
+            low = high = 0.0
+        else:
+            ends = [math.copysign(1.0, math.cos(p)) if math.sin(p) > 0 else math.cos(p) for p in phases]
+            low, high = WHEEL_R * min(ends), WHEEL_R * max(ends)
+        stripe = ((-WHEEL_W, low), (WHEEL_W, low), (WHEEL_W, high), (-WHEEL_W, high))
+        wheel_quad, stripe_quad = body_output_quads(wheel, (WHEEL_QUAD, stripe), to_output, offset)
+        quads.append(wheel_quad)
+        stripes.append(stripe_quad)
+    return quads + stripes
+
+
+def window_points(left: int, top: int, right: int, bottom: int) -> np.ndarray:
+    """(3, P) float32 rows (u, v, 1) of CAR_SAMPLES x CAR_SAMPLES points per output pixel of the
+    window [left, right) x [top, bottom), pixel by pixel (row-major), each pixel's points together."""
+    offsets = (np.arange(CAR_SAMPLES) + 0.5) / CAR_SAMPLES
+    v, u, dv, du = np.meshgrid(np.arange(top, bottom), np.arange(left, right), offsets, offsets, indexing="ij")
+    return np.stack([(u + du).ravel(), (v + dv).ravel(), np.ones(u.size)]).astype(np.float32)
+
+
+def inside_quads(quads: list, points: np.ndarray) -> np.ndarray:
+    """(Q, P) bool: whether each point of `points` (3, P) is inside each convex quad (Q lists of
+    4 corners, in output pixels)."""
+    # Edge k runs from p_k to p_k+1 = p_k + d; a point q is inside when it is on the same side of
+    # every edge as the interior: orientation * cross(d, q - p_k) > 0, i.e. a qx + b qy + c > 0. A
+    # flat quad (a hidden stripe) has orientation 0 and contains nothing.
+    edges = []
+    for quad in quads:
+        (x0, y0), (x1, y1), (x2, y2) = quad[:3]
+        cross = (x1 - x0) * (y2 - y1) - (y1 - y0) * (x2 - x1)
+        orientation = 1.0 if cross > 0 else -1.0 if cross < 0 else 0.0
+        for (xa, ya), (xb, yb) in zip(quad, quad[1:] + quad[:1]):
+            a, b = (ya - yb) * orientation, (xb - xa) * orientation
+            edges.append((a, b, -(a * xa + b * ya)))
+    return (np.array(edges, dtype=np.float32) @ points).reshape(len(quads), 4, -1).min(axis=1) > 0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -244,22 +328,52 @@ def score_patch(text: str) -> np.ndarray:
 
 
 class StateRenderer:
-    """Gymnasium CarRacing's 96x96x3 uint8 state frame for one colour scheme and track."""
+    """Gymnasium CarRacing's 96x96x3 uint8 state frame for one colour scheme, camera zoom and track."""
 
-    def __init__(self, background_rgb, grass_rgb):
-        background = np.asarray(background_rgb, dtype=np.float32)
-        grass = np.asarray(grass_rgb, dtype=np.float32)
-        # Ground colour mixing: RGB = sum over planes of plane * row (see `render`).
+    def __init__(self, background_rgb, grass_rgb, zoom: float = ZOOM):
+        """zoom: the task's camera zoom (gymnasium's ZOOM, or 1 for the far task); `render` samples the
+        ground texture whenever the camera is at this zoom, i.e. after the first second."""
+        self.background = np.asarray(background_rgb, dtype=np.float32)
+        self.grass = np.asarray(grass_rgb, dtype=np.float32)
+        # Ground colour mixing: RGB = sum over planes of plane * row (see `exact_ground`).
         self.ground_mix = np.array(
             [
-                grass - background,  # GRASS plane (times 1 - road)
-                background + SMOOTHSCALE_SHIFT,  # ROAD plane, replaced by 1 - road
+                self.grass - self.background,  # GRASS plane (times 1 - road)
+                self.background + SMOOTHSCALE_SHIFT,  # ROAD plane, replaced by 1 - road
                 (1, 0, 0),  # ROAD_RED
                 (0, 1, 1),  # ROAD_GREEN_BLUE
             ],
             dtype=np.float32,
         )
         self.car_mix = np.array([[WHEEL_STRIPE_GREY] * 3, HULL_COLOR], dtype=np.float32) + SMOOTHSCALE_SHIFT
+
+        # The ground texture: the playfield in world axes, on a grid of TEXELS_PER_PIXEL cells per
+        # output pixel height at the steady zoom (k = 3.9 cells per world unit at zoom 2.7, 1.4 at
+        # zoom 1) with a margin of one cell, rounded up to whole chunks. Cell (col, row) is world
+        # x in origin + [col, col + 1) / k, y in origin + [row, row + 1) / k. Texel (col, row) is
+        # the 2x2 cells from there, an output pixel's height square: it holds the exact area average
+        # of background, grass and road over that square, as gymnasium's colour minus smooth-scale's
+        # 2, rounded, in uint8 RGB(A), so that one uint32 word per output pixel is gathered.
+        self.texture_zoom = zoom * SCALE
+        self.texels_per_unit = TEXELS_PER_PIXEL * Y_SCALE * self.texture_zoom
+        self.texture_origin = -PLAYFIELD - 1 / self.texels_per_unit
+        n_chunks = math.ceil((2 * PLAYFIELD * self.texels_per_unit + 2) / CHUNK)
+        self.texture_size = n_chunks * CHUNK
+        self.texture_limit = 2 * PLAYFIELD * self.texels_per_unit - 1  # the last texel inside the playfield
+        # Zero pages cost nothing until written: only the chunks the car has seen take memory.
+        self.texture = np.zeros((self.texture_size, self.texture_size, 4), dtype=np.uint8)
+        self.texture_words = self.texture.view(np.uint32).reshape(-1)
+        self.texel_strides = np.array([1, self.texture_size], dtype=np.int32)  # (col, row) -> word
+        self.chunk_built = np.zeros((n_chunks, n_chunks), dtype=bool)
+        # Grass is the checkerboard of GRASS_DIM squares (i, j), i and j even: the product of one set
+        # of x intervals and one of y intervals, so a cell's grass coverage is the product of its
+        # column's and its row's 1-D coverage (the same function along both axes). With cells
+        # counted in squares from the playfield's edge, c = x / GRASS_DIM + 20, the grass length
+        # below c is G(c) = (number of even squares below floor(c)) + (c - floor(c) if floor(c) is even).
+        edges = np.clip((self.texture_origin + np.arange(self.texture_size + 2) / self.texels_per_unit) / GRASS_DIM + 20, 0, 40)
+        cell = np.floor(edges)
+        grass_below = (cell + 1) // 2 + (edges - cell) * (cell % 2 == 0)
+        self.grass_coverage = np.diff(grass_below) * self.texels_per_unit * GRASS_DIM  # per cell
         self.set_track([], np.zeros((0, 3)))
 
     def set_track(self, road_poly: list, road_poly_colors: np.ndarray) -> None:
@@ -275,41 +389,128 @@ class StateRenderer:
         self.ground_x, self.ground_y = centers.T.copy()
         self.ground_planes = np.where(np.arange(len(self.ground_quads)) < self.n_road, ROAD, GRASS)
         self.ground_signs = quad_signs(self.ground_quads)
+        # The road in cell coordinates (an orientation-preserving map, unlike world -> output: the
+        # signs flip) with bounding boxes; the texture is drawn chunk by chunk as the camera needs it.
+        self.cell_quads = (road_quads - self.texture_origin) * self.texels_per_unit
+        self.cell_lo, self.cell_hi = self.cell_quads.min(axis=1), self.cell_quads.max(axis=1)
+        self.cell_signs = -self.ground_signs[: self.n_road]
+        self.texture_colors = road_poly_colors.copy()  # the tile colours the texture shows
+        self.texture_color_sum = self.texture_colors.sum()
+        self.chunk_built[:] = False
+        self.car_window = None  # (window, its sample points, hull coverage) at the steady zoom
 
     def render(self, car, zoom: float, reward: float) -> np.ndarray:
         """The state frame with the camera on `car`, `zoom` window pixels per world unit (`camera_zoom`)."""
-        # World -> output pixels: (u, v) = to_output @ (w - car) + (48, 72), from
+        # World -> output pixels: (u, v) = to_output @ (w - car) + CAR_OUTPUT, from
         # u = X_SCALE * (zoom * (R p)_x + CAR_WINDOW_X), v = Y_SCALE * (WINDOW_H - zoom * (R p)_y - CAR_WINDOW_Y),
-        # with p = w - car and R the rotation by -angle.
+        # with p = w - car and R the rotation by -angle. Python scalars: cheaper than tiny arrays.
         hull = car.hull
-        angle = hull.angle
         car_x, car_y = hull.position
-        cos, sin = math.cos(angle), math.sin(angle)
-        to_output = np.array([[X_SCALE * zoom * cos, X_SCALE * zoom * sin], [Y_SCALE * zoom * sin, -Y_SCALE * zoom * cos]])
-        offset = np.array([X_SCALE * CAR_WINDOW_X, Y_SCALE * (WINDOW_H - CAR_WINDOW_Y)]) - to_output @ (car_x, car_y)
+        cos, sin = math.cos(hull.angle), math.sin(hull.angle)
+        to_output = ((X_SCALE * zoom * cos, X_SCALE * zoom * sin), (Y_SCALE * zoom * sin, -Y_SCALE * zoom * cos))
+        offset = tuple(c - row[0] * car_x - row[1] * car_y for c, row in zip(CAR_OUTPUT, to_output))
 
-        # The visible world (the window above the bar) is a rectangle centred `ahead` in front of
-        # the car; draw the quads whose bounding circles meet its circumscribed circle.
-        half_width, half_height = WINDOW_W / 2, BAR_TOP_WINDOW / 2
-        view_radius = math.hypot(half_width, half_height) / zoom
-        ahead = (WINDOW_H - half_height - CAR_WINDOW_Y) / zoom
-        view_x, view_y = car_x - ahead * sin, car_y + ahead * cos
+        frame = np.empty((STATE_H, STATE_W, 3), dtype=np.float32)
+        frame[WORLD_ROWS:] = 0  # the black bar
+        textured = False
+        if zoom == self.texture_zoom:
+            # Output -> texel (col, row): k (car + to_output^-1 ((u, v) - CAR_OUTPUT) - origin),
+            # with to_output^-1 = [[cos / (X_SCALE zoom), sin / (Y_SCALE zoom)],
+            # [sin / (X_SCALE zoom), -cos / (Y_SCALE zoom)]] (to_output is a rotation times a flip
+            # and scale). Written as rows for (u, v, 1), i.e. transposed; texel (col, row) is
+            # centred on cell corner (col + 1, row + 1): the nearest texel is the integer part - 0.5.
+            k = self.texels_per_unit
+            per_u = (k * cos / (X_SCALE * zoom), k * sin / (X_SCALE * zoom))
+            per_v = (k * sin / (Y_SCALE * zoom), -k * cos / (Y_SCALE * zoom))
+            shift = tuple(
+                k * (position - self.texture_origin) - CAR_OUTPUT[0] * du - CAR_OUTPUT[1] * dv - 0.5
+                for position, du, dv in zip((car_x, car_y), per_u, per_v)
+            )
+            textured = self.sample_texture(frame, (per_u, per_v, shift))
+        if not textured:
+            # The visible world (the window above the bar) is a rectangle centred `ahead` in front
+            # of the car, within a circle of radius `view_radius`.
+            view_radius, ahead = VIEW_HALF_DIAGONAL / zoom, VIEW_AHEAD / zoom
+            view = (car_x - ahead * sin, car_y + ahead * cos, view_radius)
+            self.exact_ground(frame, np.array(to_output), np.array(offset), view)
+        self.draw_car(frame, car, to_output, offset, zoom)
+        self.draw_indicators(frame, car, reward)
+        return np.maximum(frame, 0).astype(np.uint8)
+
+    def sample_texture(self, frame: np.ndarray, to_texel: tuple) -> bool:
+        """The frame's world rows from the ground texture: per output pixel, the texel nearest to its
+        centre. to_texel: rows (3, 2) such that (u, v, 1) @ to_texel has that texel's (col, row) as
+        its integer part.
+        Returns False, drawing nothing, when the view reaches past the playfield's edge."""
+        (col_u, row_u), (col_v, row_v), (col_1, row_1) = to_texel
+        cols = [col_u * u + col_v * v + col_1 for u, v in VIEW_CORNERS]
+        rows = [row_u * u + row_v * v + row_1 for u, v in VIEW_CORNERS]
+        # Texel c spans cells c and c + 1; the playfield spans cells 1 to 2 PLAYFIELD k (the margin).
+        if min(cols + rows) < 1 or max(cols + rows) > self.texture_limit:
+            return False
+        # Draw the chunks the frame's bounding box needs, as one block (their bounding box).
+        col_lo, col_hi = max(int(min(cols)) // CHUNK, 0), int(max(cols)) // CHUNK + 1
+        row_lo, row_hi = max(int(min(rows)) // CHUNK, 0), int(max(rows)) // CHUNK + 1
+        missing = ~self.chunk_built[row_lo:row_hi, col_lo:col_hi]
+        if missing.any():
+            rows, cols = np.flatnonzero(missing.any(axis=1)) + row_lo, np.flatnonzero(missing.any(axis=0)) + col_lo
+            self.draw_texture(rows[0] * CHUNK, (rows[-1] + 1) * CHUNK, cols[0] * CHUNK, (cols[-1] + 1) * CHUNK)
+            self.chunk_built[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = True
+        # Tiles the car has visited since they were drawn: redraw the texels whose squares they
+        # touch. A visited tile turns from road + (0, 2.55 or 5.1) to road: the colour sum drops.
+        color_sum = self.road_colors.sum()
+        if color_sum != self.texture_color_sum:
+            for tile in np.flatnonzero((self.road_colors != self.texture_colors).any(axis=1)):
+                col0, row0 = np.maximum(self.cell_lo[tile].astype(int) - 1, 0)
+                col1, row1 = np.minimum(self.cell_hi[tile].astype(int) + 1, self.texture_size - 1)
+                self.texture_colors[tile] = self.road_colors[tile]
+                self.draw_texture(row0, row1, col0, col1)
+            self.texture_color_sum = color_sum
+
+        texel = (PIXEL_CENTERS @ np.array(to_texel, dtype=np.float32)).astype(np.int32) @ self.texel_strides
+        words = self.texture_words.take(texel)
+        frame[:WORLD_ROWS] = words.view(np.uint8).reshape(WORLD_ROWS, STATE_W, 4)[..., :3]
+        frame[:WORLD_ROWS] += 0.5  # the final truncating cast rounds
+        return True
+
+    def draw_texture(self, row0: int, row1: int, col0: int, col1: int) -> None:
+        """Draw texels [row0, row1) x [col0, col1) of the ground texture. The colour of each cell
+        (exact coverage of the road tiles and kerbs, as in `exact_ground` with cumulative sums for
+        the double prefix sum, and of the grass from its separable coverage), averaged over 2x2 cells."""
+        rows, cols = row1 - row0 + 1, col1 - col0 + 1  # cells
+        near = np.flatnonzero((self.cell_lo < (col0 + cols, row0 + rows)).all(axis=1) & (self.cell_hi > (col0, row0)).all(axis=1))
+        plane_size = rows * (cols + 3)
+        impulses = coverage_impulses(
+            self.cell_quads[near] - (col0, row0),
+            np.zeros(len(near), dtype=np.intp),
+            self.cell_signs[near],
+            len(near),
+            np.floor(self.road_colors[near, :2]),  # gymnasium draws int(colour)
+            plane_size,
+            3 * plane_size,
+            rows,
+            cols,
+        )
+        road, red, green_blue = impulses.reshape(3, rows, cols + 3).cumsum(axis=2).cumsum(axis=2)[..., :cols, None]
+        grass = np.outer(self.grass_coverage[row0 : row0 + rows], self.grass_coverage[col0 : col0 + cols])[..., None]
+        rgb = (self.background + grass * (self.grass - self.background)) * (1 - road) + red * (1, 0, 0) + green_blue * (0, 1, 1)
+        texels = (rgb[:-1, :-1] + rgb[1:, :-1] + rgb[:-1, 1:] + rgb[1:, 1:]) / 4
+        self.texture[row0:row1, col0:col1, :3] = np.clip(np.rint(texels - 2), 0, 255)  # smooth-scale's - 2
+
+    def exact_ground(self, frame: np.ndarray, to_output: np.ndarray, offset: np.ndarray, view: tuple) -> None:
+        """The frame's world rows by exact-area rasterisation of the visible ground quads (the zoom-in
+        of the first second, and views past the playfield's edge, where the window shows black).
+        view: (x, y, radius) of a circle around the visible world."""
+        view_x, view_y, view_radius = view
+        inside_playfield = max(abs(view_x), abs(view_y)) + view_radius < PLAYFIELD
+        # Draw the quads whose bounding circles meet the view's circle.
         dx, dy, reach = self.ground_x - view_x, self.ground_y - view_y, self.ground_radii + view_radius
         visible = np.flatnonzero(dx * dx + dy * dy <= reach * reach)
         n_road = np.searchsorted(visible, self.n_road)
-        inside_playfield = max(abs(view_x), abs(view_y)) + view_radius < PLAYFIELD
-
         # Quads: road tiles and kerbs (ROAD, plus their red and green = blue on the two planes after
-        # it: the road is grey, kerbs white or red), grass (GRASS), the background quad if the view
-        # reaches past the playfield (BACKGROUND), then the car, whose planes only cover the rows
-        # from `top` to `bottom`.
-        car_output = self.car_quads(car) @ to_output.T + offset
-        top = min(max(int(car_output[..., 1].min()), 0), WORLD_ROWS)
-        bottom = max(min(int(car_output[..., 1].max()) + 1, WORLD_ROWS), top)
+        # it: the road is grey, kerbs white or red), grass (GRASS), then the background quad if the
+        # view reaches past the playfield (BACKGROUND).
         n_ground = BACKGROUND if inside_playfield else BACKGROUND + 1
-        ground_size = n_ground * GROUND_PLANE_SIZE
-        car_plane_size = (bottom - top) * PLANE_COLS
-        car_offsets = ground_size + CAR_PLANES * car_plane_size - top * PLANE_COLS
         quads = [self.ground_quads[visible] @ to_output.T + offset]
         offsets = [self.ground_planes[visible] * GROUND_PLANE_SIZE]
         weights = [self.ground_signs[visible]]
@@ -319,63 +520,57 @@ class StateRenderer:
             weights.append(BACKGROUND_SIGN)
         road_colors = np.floor(self.road_colors[visible[:n_road], :2]) + SMOOTHSCALE_SHIFT  # gymnasium draws int(colour)
         impulses = coverage_impulses(
-            np.concatenate([*quads, car_output]),
-            np.concatenate([*offsets, car_offsets]),
-            np.concatenate([*weights, CAR_SIGNS]),
+            np.concatenate(quads),
+            np.concatenate(offsets),
+            np.concatenate(weights),
             n_road,
             road_colors,
             GROUND_PLANE_SIZE,
-            ground_size + 3 * car_plane_size,
+            n_ground * GROUND_PLANE_SIZE,
         )
-
         # Ground planes -> RGB. With g = grass and r = road coverage the colour is
         # (background + g (grass - background)) (1 - r) + road colour: the planes
         # (g (1 - r), 1 - r, red, green-blue) times `ground_mix`.
-        ground = double_prefix_sum(impulses[:ground_size].reshape(-1, ROW_BATCH, PLANE_COLS)).reshape(n_ground, WORLD_ROWS, STATE_W)
+        ground = double_prefix_sum(impulses.reshape(-1, ROW_BATCH, PLANE_COLS)).reshape(n_ground, WORLD_ROWS, STATE_W)
         uncovered = 1 - ground[ROAD]
         ground[GRASS] *= uncovered
         if not inside_playfield:
             uncovered *= ground[BACKGROUND]  # black outside the playfield
         ground[ROAD] = uncovered
-        ground = ground[:BACKGROUND]
+        frame[:WORLD_ROWS] = (ground[:BACKGROUND].reshape(BACKGROUND, -1).T @ self.ground_mix).reshape(WORLD_ROWS, STATE_W, 3)
 
-        # The car over the rows it spans: wheels (black) with their stripes, then the hull. The
-        # hull's parts overlap, and share a colour: its coverage saturates at 1. The ground shows
-        # through where neither covers it.
-        if top < bottom:
-            wheel, stripe, hull = double_prefix_sum(impulses[ground_size:].reshape(3, bottom - top, PLANE_COLS))
-            hull = np.minimum(hull, 1)
-            ground[:, top:bottom] *= (1 - wheel) * (1 - hull)
-            car_colors = np.stack([stripe * (1 - hull), hull]).reshape(2, -1).T @ self.car_mix
-
-        frame = np.empty((STATE_H, STATE_W, 3), dtype=np.float32)
-        frame[:WORLD_ROWS] = (ground.reshape(BACKGROUND, -1).T @ self.ground_mix).reshape(WORLD_ROWS, STATE_W, 3)
-        frame[WORLD_ROWS:] = 0  # the black bar
-        if top < bottom:
-            frame[top:bottom] += car_colors.reshape(bottom - top, STATE_W, 3)
-
-        self.draw_indicators(frame, car, reward)
-        return np.maximum(frame, 0).astype(np.uint8)
-
-    @staticmethod
-    def car_quads(car) -> np.ndarray:
-        """World quads of the car, in CAR_PLANES order: wheels, wheel stripes, hull parts."""
-        local = CAR_LOCAL_QUADS.copy()
-        # Car.draw: a wheel's stripe spans the wheel's width between heights R cos(phase) and
-        # R cos(phase + 1.2); where the sine is positive the height is clamped to +-R, and the
-        # stripe is hidden (here: made flat) when both sines are positive.
-        for k, wheel in enumerate(car.wheels):
-            phases = (wheel.phase, wheel.phase + 1.2)
-            if all(math.sin(phase) > 0 for phase in phases):
-                continue
-            ends = [math.copysign(1.0, math.cos(p)) if math.sin(p) > 0 else math.cos(p) for p in phases]
-            low, high = WHEEL_R * min(ends), WHEEL_R * max(ends)
-            local[4 + k, :, 1] = (low, low, high, high)
-        # Body -> world: position + R(angle) @ local, per quad's body.
-        poses = np.array([(*body.position, body.angle) for body in (*car.wheels, car.hull)])[CAR_BODIES]
-        cos, sin = np.cos(poses[:, 2:]), np.sin(poses[:, 2:])
-        x, y = local[..., 0], local[..., 1]
-        return np.stack([poses[:, :1] + cos * x - sin * y, poses[:, 1:2] + sin * x + cos * y], axis=2)
+    def draw_car(self, frame: np.ndarray, car, to_output: tuple, offset: tuple, zoom: float) -> None:
+        """Paint the car: wheels (black) with their stripes, then the hull, over the ground, with
+        coverage sampled at CAR_SAMPLES x CAR_SAMPLES points per pixel of a window around the car.
+        The hull is fixed in the view: at the steady zoom its coverage and the window (with a
+        pixel's margin for the wheels' steering) are computed once."""
+        wheels = wheel_output_quads(car.wheels, to_output, offset)
+        if zoom == self.texture_zoom and self.car_window is not None:
+            window, points, hull = self.car_window
+        else:
+            hull_quads = body_output_quads(car.hull, HULL_QUADS, to_output, offset)
+            xs = [x for quad in wheels + hull_quads for x, _ in quad]
+            ys = [y for quad in wheels + hull_quads for _, y in quad]
+            margin = 1 if zoom == self.texture_zoom else 0
+            window = (
+                max(int(min(xs)) - margin, 0),
+                max(int(min(ys)) - margin, 0),
+                min(int(max(xs)) + 1 + margin, STATE_W),
+                min(int(max(ys)) + 1 + margin, WORLD_ROWS),
+            )
+            if window[0] >= window[2] or window[1] >= window[3]:
+                return
+            points = window_points(*window)
+            hull = inside_quads(hull_quads, points).any(axis=0).reshape(-1, CAR_SAMPLES**2).mean(axis=1, dtype=np.float32)
+            if zoom == self.texture_zoom:
+                self.car_window = window, points, hull
+        left, top, right, bottom = window
+        # Wheels, then stripes: the coverage of each group (its quads do not overlap).
+        wheel, stripe = inside_quads(wheels, points).reshape(2, 4, -1, CAR_SAMPLES**2).any(axis=1).mean(axis=2, dtype=np.float32)
+        not_hull = 1 - hull
+        view = frame[top:bottom, left:right]
+        view *= ((1 - wheel) * not_hull).reshape(bottom - top, right - left, 1)
+        view += (np.outer(stripe * not_hull, self.car_mix[0]) + np.outer(hull, self.car_mix[1])).reshape(view.shape)
 
     @staticmethod
     def draw_indicators(frame: np.ndarray, car, reward: float) -> None:
@@ -396,12 +591,13 @@ class StateRenderer:
                     rects.append((x0, x1 + 1, WINDOW_H - 4 * BAR_H, WINDOW_H - 2 * BAR_H + 1))
                 colors.append(k)
         if rects:
+            # Output pixels: the columns and rows each rectangle covers, in one call (both 96 pixels).
             left, right, upper, lower = (np.array(rects) * (X_SCALE, X_SCALE, Y_SCALE, Y_SCALE)).T
+            cols, rows = np.split(interval_coverage(np.concatenate([left, upper]), np.concatenate([right, lower])), 2)
             top = max(min(WORLD_ROWS, int(upper.min())), 0)
-            cols = interval_coverage(left, right, 0, STATE_W)
-            rows = interval_coverage(upper, lower, top, STATE_H)
+            rows = rows[:, top:]
             if top < WORLD_ROWS:  # an indicator reaches above the bar: paint over the world
                 frame[top:] *= (1 - rows.T @ cols)[..., None]  # the indicators do not overlap
-            paint = (rows[:, :, None] * INDICATOR_PAINT[colors][:, None, :]).reshape(len(rects), -1)
-            frame[top:] += (paint.T @ cols).reshape(STATE_H - top, 3, STATE_W).transpose(0, 2, 1)
+            paint = (cols[:, :, None] * INDICATOR_PAINT[colors][:, None, :]).reshape(len(rects), -1)
+            frame[top:] += (rows.T @ paint).reshape(STATE_H - top, STATE_W, 3)
         frame[WORLD_ROWS:, :SCORE_COLS] = score_patch(f"{reward:04.0f}")

@@ -12,7 +12,8 @@ from envs.fast_render import camera_zoom
 FIDELITY_BOUND = 4 / 255
 
 # Gymnasium's actions (0 nothing, 1 left, 2 right, 3 gas, 4 brake): the first second is the zoom
-# animation, then the car turns off the road onto the grass and comes back.
+# animation (exact rasterisation), then (ground texture) the car turns off the road onto the grass
+# and comes back, visiting tiles and turning the view.
 DRIVE = [3] * 50 + [1] * 12 + [3] * 15 + [0] * 5 + [2] * 20 + [3] * 10 + [4] * 3
 # (colour, task, seed, steps): named and hex colours, the camera zooms of every task.
 CONFIGS = [
@@ -33,19 +34,42 @@ def channel_errors(gym_frame: np.ndarray, fast: np.ndarray) -> np.ndarray:
 
 
 def test_fast_frames_match_gymnasium_frames_on_the_same_states():
-    errors = []
+    errors, steady, redrawn_tiles = [], [], 0
     for bg_color, task, seed, steps in CONFIGS:
         env = ColorCarRacing(bg_color=bg_color, task=task, render_backend="gymnasium")
         obs, _ = env.reset(seed=seed)
+        track_colors = env.road_poly_colors.copy()
         errors.append(channel_errors(obs, fast_frame(env)))
+        steady.append(False)
         for action in DRIVE[:steps]:
             obs, *_ = env.step_gym_action(action)
             errors.append(channel_errors(obs, fast_frame(env)))
-    errors = np.array(errors)
-    assert len(errors) >= 300
-    assert errors.mean(axis=0).max() <= FIDELITY_BOUND, errors.mean(axis=0) * 255
+            steady.append(env.t >= 1)
+        renderer = env.state_renderer
+        assert renderer.chunk_built.any()  # the ground texture was drawn and sampled
+        redrawn_tiles += (renderer.texture_colors != track_colors).any(axis=1).sum()
+    assert redrawn_tiles > 0  # visited tiles were redrawn in the texture
+    errors, steady = np.array(errors), np.array(steady)
+    assert len(errors) >= 300 and steady.sum() >= 100 and (~steady).sum() >= 150
+    # The zoom-in (exact rasteriser) and the steady zoom (texture; the far task's view also reaches
+    # past the playfield's edge: exact rasteriser) each within the bound.
+    for frames in (steady, ~steady):
+        assert errors[frames].mean(axis=0).max() <= FIDELITY_BOUND, errors[frames].mean(axis=0) * 255
     # No single state is far off either (e.g. a missing car or indicator).
     assert errors.mean(axis=1).max() <= 2 * FIDELITY_BOUND
+
+
+def test_texture_follows_a_new_track_after_reset():
+    env = ColorCarRacing(bg_color="pink", task="far", render_backend="gymnasium")
+    errors = []
+    for seed in (5, 6):  # the second track must not show the first one's texture
+        env.reset(seed=seed)
+        for step, action in enumerate([3] * 60 + [1] * 15):
+            obs, *_ = env.step_gym_action(action)
+            if step >= 50:
+                errors.append(channel_errors(obs, fast_frame(env)))
+        assert env.state_renderer.chunk_built.any()
+    assert np.mean(errors, axis=0).max() <= FIDELITY_BOUND, np.mean(errors, axis=0) * 255
 
 
 def test_view_past_the_playfield_edge_matches_gymnasium():

@@ -1,0 +1,131 @@
+"""A fixed two-room gridworld and its family of single-task goals, for CPU-scale transfer experiments (REPAINT).
+
+Layout (7x7, ``#`` wall, ``S`` start, letters the goal of each task)::
+
+    . . . # . . T      T  target      goal (0, 6)
+    . . . # . . s      s  similar     goal (1, 6): one cell below the target's goal
+    . . . # . . .
+    . . . . . . .      the door between the rooms is (3, 3)
+    . . . # . . .
+    . . . # . . .
+    S . . # . . d      d  different   goal (6, 6): shares the way to the door, then turns away
+
+All tasks share the layout, the start, the observation and the action space; they differ only in the goal
+cell, and could differ in the reward weights (`Task.goal_reward`, `Task.step_cost`). This is the paper's
+teacher/student setting: a teacher trained on ``similar`` or ``different`` teaches a student on ``target``.
+
+Dynamics: deterministic. Actions 0 north, 1 east, 2 south, 3 west; a move into a wall or off the grid leaves
+the agent in place. Reward per step: ``goal_reward`` on entering the task's goal (which ends the episode,
+``terminated``), minus ``step_cost`` on every step. An episode is truncated after `MAX_STEPS` steps.
+With the default weights the best return is 1 - 12 * 0.01 = 0.88 (the shortest path has 12 steps).
+Observation: one-hot encoding of the agent's cell, float32 of length 49.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+LAYOUT = (
+    "...#...",
+    "...#...",
+    "...#...",
+    ".......",
+    "...#...",
+    "...#...",
+    "...#...",
+)
+SIZE = len(LAYOUT)
+WALLS = np.array([[c == "#" for c in row] for row in LAYOUT])
+START = (6, 0)
+MAX_STEPS = 50
+MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]])  # north, east, south, west as (d_row, d_col)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of the family: the goal cell and the reward weights."""
+
+    goal: tuple[int, int]
+    goal_reward: float = 1.0
+    step_cost: float = 0.01
+
+
+TASKS: dict[str, Task] = {
+    "target": Task(goal=(0, 6)),
+    "similar": Task(goal=(1, 6)),
+    "different": Task(goal=(6, 6)),
+}
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown gridworld task {task!r}: accepted are {', '.join(TASKS)}")
+    return task
+
+
+def shortest_path_length(goal: tuple[int, int], start: tuple[int, int] = START) -> int:
+    """Number of moves from `start` to `goal` (breadth-first search over the free cells)."""
+    distance = {start: 0}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for r, c in frontier:
+            for dr, dc in MOVES:
+                cell = (r + dr, c + dc)
+                if 0 <= cell[0] < SIZE and 0 <= cell[1] < SIZE and not WALLS[cell] and cell not in distance:
+                    distance[cell] = distance[(r, c)] + 1
+                    nxt.append(cell)
+        frontier = nxt
+    return distance[goal]
+
+
+def optimal_return(task: str) -> float:
+    """Return of the shortest path to the task's goal (every step costs, the last one also pays the goal)."""
+    spec = TASKS[check_task(task)]
+    return spec.goal_reward - spec.step_cost * shortest_path_length(spec.goal)
+
+
+class TransferGridworld(gym.Env):
+    """One task of the family as a gymnasium environment (vectorise with `gym.vector.SyncVectorEnv`)."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, task: str = "target"):
+        self.task = check_task(task)
+        self.spec_task = TASKS[task]
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (SIZE * SIZE,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(len(MOVES))
+        self.position = START
+        self.elapsed_steps = 0
+
+    def observation(self) -> np.ndarray:
+        obs = np.zeros(SIZE * SIZE, dtype=np.float32)
+        obs[self.position[0] * SIZE + self.position[1]] = 1.0
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.position = START
+        self.elapsed_steps = 0
+        return self.observation(), {}
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise gym.error.InvalidAction(f"invalid action {action!r}: expected {self.action_space}")
+        r, c = self.position[0] + MOVES[action][0], self.position[1] + MOVES[action][1]
+        if 0 <= r < SIZE and 0 <= c < SIZE and not WALLS[r, c]:
+            self.position = (int(r), int(c))
+        self.elapsed_steps += 1
+        terminated = self.position == self.spec_task.goal
+        reward = (self.spec_task.goal_reward if terminated else 0.0) - self.spec_task.step_cost
+        truncated = self.elapsed_steps >= MAX_STEPS and not terminated
+        return self.observation(), reward, terminated, truncated, {}
+
+
+def make_transfer_gridworld_vector(task: str, num_envs: int) -> gym.vector.VectorEnv:
+    """`num_envs` copies of the task in a synchronous vector env (gymnasium 1.x next-step autoreset)."""
+    check_task(task)
+    return gym.vector.SyncVectorEnv([lambda: TransferGridworld(task) for _ in range(num_envs)])
