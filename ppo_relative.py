@@ -1,9 +1,132 @@
-# PPO with relative (or absolute) representations on colour-variable CarRacing.
-# R3L: Ricciardi et al., "Zero-shot stitching in RL using relative representations" (seed 001, arXiv 2404.12917).
+# docs and experiment results can be found in docs/ppo_relative.md
+"""PPO with relative (or absolute) representations on colour-variable CarRacing.
+
+R3L: Ricciardi et al., "Zero-shot stitching in RL using relative representations" (seed 001; R3L,
+arXiv 2404.12917). The agent is an encoder E (Nature CNN) and a policy (controller with actor and critic
+heads), kept as two modules because stitching combines the encoder of one run with the policy of another:
+
+    python ppo_relative.py --bg-color green                  # relative: pi( cos(E(x), E(A)) )   (eq. 3-4)
+    python ppo_relative.py --bg-color green --no-relative    # absolute baseline: pi( E(x) )
+    python ppo_relative.py --resume runs/<run_name>/agent.pt # continue a run from its checkpoint
+
+Every run writes `runs/{run_name}/agent.pt` (the checkpoint contract, docs/checkpoints.md) and TensorBoard logs.
+"""
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+import gymnasium as gym
+import imageio.v3 as iio
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
+from envs.anchors import AnchorRecipe, load_anchor_set  # importing the envs package registers ColorCarRacing-v0
+from envs.car_racing import NAMED_COLORS, TASKS, make_color_car_racing, parse_bg_color
+
+CHECKPOINT_FORMAT = "r3l-agent-v1"
+CHECKPOINT_FILE = "agent.pt"
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch and the environments)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    torch_threads: int = 1
+    """number of CPU threads torch may use (1 keeps CPU runs reproducible and polite on shared machines)"""
+    capture_video: bool = False
+    """if toggled, save GIFs of the agent's view during the final evaluation episodes to `videos/{run_name}/`"""
+    runs_dir: str = "runs"
+    """directory that receives `{run_name}/` (TensorBoard logs and the checkpoint `agent.pt`)"""
+    save_every: int = 10
+    """write the checkpoint every this many PPO iterations (0: only at the end)"""
+    resume: Optional[str] = None
+    """continue the run stored in this checkpoint (`runs/{run_name}/agent.pt` or its directory)"""
+    eval_episodes: int = 10
+    """number of deterministic (argmax) evaluation episodes at the end (0 disables the evaluation)"""
+
+    # Environment arguments
+    bg_color: str = "green"
+    """background colour: green, red, blue, yellow, violet, pink or a hex colour '#rrggbb'"""
+    task: str = "standard"
+    """task variant: standard, far, slow, scrambled or no_idle"""
+    frame_stack: int = 1
+    """RGB frames per observation (1: the seed paper's single frame; 4 reproduces R3L)"""
+
+    # Representation arguments
+    relative: bool = True
+    """relative representation (cosine to the anchors); --no-relative is the absolute baseline"""
+    num_anchors: int = 3136
+    """number of anchor frames = size of the relative representation per frame (3136 = 64*7*7, as in R3L)"""
+    anchor_ema: float = 0.999
+    """EMA coefficient of the anchor embeddings per gradient step (the authors' rate; see docs)"""
+    anchor_standardize: bool = False
+    """also divide every latent dimension by the anchors' std (authors' code); breaks rotation invariance"""
+    anchor_steps_per_track: int = 1000
+    """steps the scripted driver records on each of the anchor recipe's 4 tracks (anchor pool size)"""
+
+    # Algorithm specific arguments
+    total_timesteps: int = 5_000_000
+    """total environment steps of the experiment (R3L: 5M)"""
+    learning_rate: float = 2.5e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 16
+    """the number of parallel game environments"""
+    num_steps: int = 128
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """toggle learning rate annealing (linear to 0 over the run)"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 4
+    """the number of mini-batches"""
+    update_epochs: int = 4
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """toggles advantages normalization"""
+    clip_coef: float = 0.1
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """toggles whether or not to use a clipped loss for the value function, as per the paper"""
+    ent_coef: float = 0.01
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: Optional[float] = None
+    """the target KL divergence threshold (None: no early stopping)"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Networks: encoder (Nature CNN + relative projection) and policy (controller), stitched separately
+# ---------------------------------------------------------------------------------------------------------
 NATURE_CNN_LATENT = 64 * 7 * 7  # flattened Nature-CNN output at 84x84
 
 
@@ -32,6 +155,10 @@ class RelativeProjection(nn.Module):
     of the anchor frames (no gradient flows through the anchors; the gradient flows through x):
 
         E(A) <- ema * E(A) + (1 - ema) * E_current(A),   first update: E(A) <- E_current(A).
+
+    The anchor side of the projection (mu, the std and the normalised anchors) depends only on the
+    buffer, so it is computed once per change of the buffer (`update_anchors`, `load_state_dict`) and
+    kept in non-persistent buffers: a forward pass then costs one matrix product.
     """
 
     def __init__(self, num_anchors: int, latent_dim: int, anchor_ema: float = 0.999, standardize: bool = False):
@@ -40,6 +167,22 @@ class RelativeProjection(nn.Module):
         self.standardize = standardize
         self.register_buffer("anchor_embeddings", torch.zeros(num_anchors, latent_dim))
         self.register_buffer("anchors_initialized", torch.tensor(False))
+        # derived from anchor_embeddings, never saved (a checkpoint holds only the embeddings)
+        self.register_buffer("anchor_center", torch.zeros(latent_dim), persistent=False)
+        self.register_buffer("anchor_scale", torch.ones(latent_dim), persistent=False)
+        self.register_buffer("normalized_anchors", torch.zeros(num_anchors, latent_dim), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.refresh_anchor_side())
+
+    @torch.no_grad()
+    def refresh_anchor_side(self) -> None:
+        """Recompute mu, the std and normalize(E(A) - mu) (divided by the std too with `standardize`)."""
+        anchors = self.anchor_embeddings
+        self.anchor_center.copy_(anchors.mean(dim=0))
+        anchors = anchors - self.anchor_center
+        if self.standardize:
+            self.anchor_scale.copy_(anchors.std(dim=0) + 1e-6)
+            anchors = anchors / self.anchor_scale
+        self.normalized_anchors.copy_(F.normalize(anchors, dim=-1))
 
     @torch.no_grad()
     def update_anchors(self, fresh_embeddings: torch.Tensor) -> None:
@@ -48,15 +191,13 @@ class RelativeProjection(nn.Module):
             self.anchors_initialized.fill_(True)
         else:
             self.anchor_embeddings.lerp_(fresh_embeddings, 1.0 - self.anchor_ema)
+        self.refresh_anchor_side()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        anchors = self.anchor_embeddings
-        center = anchors.mean(dim=0)
-        latent, anchors = latent - center, anchors - center
+        latent = latent - self.anchor_center
         if self.standardize:
-            scale = anchors.std(dim=0) + 1e-6
-            latent, anchors = latent / scale, anchors / scale
-        return F.normalize(latent, dim=-1) @ F.normalize(anchors, dim=-1).T
+            latent = latent / self.anchor_scale
+        return F.normalize(latent, dim=-1) @ self.normalized_anchors.T
 
 
 class Encoder(nn.Module):
@@ -92,6 +233,7 @@ class Encoder(nn.Module):
             self.projection.update_anchors(fresh)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, 3 * frame_stack, 84, 84) uint8 observations -> (B, latent_dim) latents."""
         batch = obs.shape[0]
         frames = obs.reshape(batch * self.frame_stack, 3, *obs.shape[-2:])
         latent = self.embed_frames(frames)
@@ -116,4 +258,465 @@ class Policy(nn.Module):
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 
     def greedy_action(self, latent: torch.Tensor) -> torch.Tensor:
+        """The deterministic (argmax) action, used for evaluation and stitching."""
         return self.forward(latent)[0].argmax(dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Environments, checkpoints, evaluation
+# ---------------------------------------------------------------------------------------------------------
+def make_env(bg_color: str, task: str, frame_stack: int):
+    def thunk():
+        return make_color_car_racing(bg_color, task, frame_stack)
+
+    return thunk
+
+
+def save_checkpoint(path: str, encoder: Encoder, policy: Policy, metadata: dict, training_state: dict) -> None:
+    """Write the checkpoint atomically: a temporary file in the same directory, then os.replace."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+        "policy": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
+        "metadata": metadata,
+        "training_state": training_state,
+    }
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+REQUIRED_METADATA = (
+    "algorithm", "bg_color", "task", "reward", "frame_stack", "num_actions", "relative", "anchor_set_id",
+    "num_anchors", "anchor_standardize", "latent_dim", "seed", "global_step", "args",
+)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint of the collection (docs/checkpoints.md) on the CPU with weights_only=True.
+
+    `path` is `runs/{run_name}/agent.pt` or its directory. Any problem (missing file, not a torch file,
+    another format, missing keys) raises a ValueError with a one-line message."""
+    accepted = f"accepted: a runs/{{run_name}}/{CHECKPOINT_FILE} file in format {CHECKPOINT_FORMAT!r}"
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r} does not exist; {accepted}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {path!r} is not a loadable torch file ({reason}); {accepted}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"checkpoint {path!r} has format {found!r}; {accepted}")
+    missing = [k for k in ("encoder", "policy", "metadata", "training_state") if not isinstance(checkpoint.get(k), dict)]
+    if not missing:
+        missing = [f"metadata.{k}" for k in REQUIRED_METADATA if k not in checkpoint["metadata"]]
+    if missing:
+        raise ValueError(f"checkpoint {path!r} lacks {', '.join(missing)}; {accepted}")
+    return checkpoint
+
+
+@torch.no_grad()
+def evaluate(encoder: Encoder, policy: Policy, bg_color: str, task: str, frame_stack: int, episodes: int, seed: int,
+             device, max_steps: Optional[int] = None, video_dir: Optional[str] = None) -> list[float]:
+    """Deterministic (argmax) episodes on fresh tracks `seed`, `seed + 1`, ...; returns the episodic returns.
+    `max_steps` cuts episodes short (tests); `video_dir` receives one GIF of the agent's view per episode."""
+    env = make_color_car_racing(bg_color, task, frame_stack)
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, episode_return, steps, frames = False, 0.0, 0, [obs[-3:].transpose(1, 2, 0)]
+        while not done and (max_steps is None or steps < max_steps):
+            action = policy.greedy_action(encoder(torch.as_tensor(obs, device=device)[None]))
+            obs, reward, terminated, truncated, _ = env.step(int(action.item()))
+            episode_return += float(reward)
+            done, steps = terminated or truncated, steps + 1
+            if video_dir is not None:
+                frames.append(obs[-3:].transpose(1, 2, 0))  # the newest RGB frame, (84, 84, 3)
+        returns.append(episode_return)
+        if video_dir is not None:
+            os.makedirs(video_dir, exist_ok=True)
+            iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), np.stack(frames), duration=20, loop=0)
+    env.close()
+    return returns
+
+
+def compute_gae(rewards, values, next_value, terminations, dones, gamma: float, gae_lambda: float) -> torch.Tensor:
+    """Generalized advantage estimation (Schulman et al. 2016, eq. 16) over a (num_steps, num_envs) rollout
+    of gymnasium 1.x vector envs, which reset an env on the step *after* its episode ended.
+
+    `terminations[t]` / `dones[t]`: the episode ended at step t by termination / by termination or
+    truncation; step t + 1 is then the env's reset step, whose advantage is meaningless (it is dropped
+    from the batch). V(s_{t+1}) is the value of the observation step t returned: after a truncation that
+    is the episode's true final observation, so truncated episodes bootstrap and terminated ones do not.
+    """
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = torch.zeros_like(next_value)
+    for t in reversed(range(len(rewards))):
+        next_values = next_value if t == len(rewards) - 1 else values[t + 1]
+        delta = rewards[t] + gamma * next_values * (1.0 - terminations[t]) - values[t]
+        # the lambda-sum stops at the end of an episode: nothing after it belongs to the episode
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * (1.0 - dones[t]) * lastgaelam
+    return advantages
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input validation and --resume
+# ---------------------------------------------------------------------------------------------------------
+# flags that may differ from the checkpoint's when resuming; every other flag must match it (or be left out)
+RESUME_FREE_FLAGS = ("resume", "total_timesteps", "cuda", "torch_threads", "save_every", "eval_episodes", "capture_video", "runs_dir")
+RUNTIME_FIELDS = ("batch_size", "minibatch_size", "num_iterations")
+
+
+def validate_args(args: Args) -> None:
+    """Raise a one-line ValueError naming the first bad flag and what is accepted."""
+    try:
+        parse_bg_color(args.bg_color)
+    except ValueError:
+        raise ValueError(
+            f"unknown --bg-color {args.bg_color!r}; accepted: {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
+        ) from None
+    if args.task not in TASKS:
+        raise ValueError(f"unknown --task {args.task!r}; accepted: {', '.join(TASKS)}")
+    anchor_pool = len(AnchorRecipe().track_seeds) * args.anchor_steps_per_track
+    checks = [
+        (args.frame_stack >= 1, "--frame-stack", args.frame_stack, "an integer >= 1"),
+        (1 <= args.num_anchors <= anchor_pool, "--num-anchors", args.num_anchors,
+         f"an integer in [1, {anchor_pool}] (the anchor pool: 4 tracks * --anchor-steps-per-track)"),
+        (0.0 <= args.anchor_ema < 1.0, "--anchor-ema", args.anchor_ema, "a float in [0, 1)"),
+        (args.anchor_steps_per_track >= 1, "--anchor-steps-per-track", args.anchor_steps_per_track, "an integer >= 1"),
+        (args.num_envs >= 1, "--num-envs", args.num_envs, "an integer >= 1"),
+        (args.num_steps >= 1, "--num-steps", args.num_steps, "an integer >= 1"),
+        (args.num_minibatches >= 1, "--num-minibatches", args.num_minibatches, "an integer >= 1"),
+        (args.update_epochs >= 1, "--update-epochs", args.update_epochs, "an integer >= 1"),
+        (args.total_timesteps >= args.num_envs * args.num_steps, "--total-timesteps", args.total_timesteps,
+         f"an integer >= --num-envs * --num-steps = {args.num_envs * args.num_steps} (one PPO iteration)"),
+        (args.learning_rate > 0, "--learning-rate", args.learning_rate, "a float > 0"),
+        (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
+        (0.0 <= args.gae_lambda <= 1.0, "--gae-lambda", args.gae_lambda, "a float in [0, 1]"),
+        (args.clip_coef > 0, "--clip-coef", args.clip_coef, "a float > 0"),
+        (args.max_grad_norm > 0, "--max-grad-norm", args.max_grad_norm, "a float > 0"),
+        (args.target_kl is None or args.target_kl > 0, "--target-kl", args.target_kl, "a float > 0 or None"),
+        (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (0: only at the end)"),
+        (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
+        (args.torch_threads >= 1, "--torch-threads", args.torch_threads, "an integer >= 1"),
+        (not args.capture_video or args.eval_episodes >= 1, "--capture-video with --eval-episodes",
+         args.eval_episodes, "--eval-episodes >= 1 (videos are taken during the final evaluation)"),
+    ]
+    for ok, flag, value, accepted in checks:
+        if not ok:
+            raise ValueError(f"bad {flag} {value!r}; accepted: {accepted}")
+
+
+def resumed_args(cli: Args, checkpoint: dict) -> Args:
+    """The checkpoint's Args, except the flags of RESUME_FREE_FLAGS given on the command line (a larger
+    --total-timesteps extends the run). Any other flag given with a value unlike the checkpoint's is an error."""
+    stored, defaults = checkpoint["metadata"]["args"], Args()
+    free = ", ".join("--" + name.replace("_", "-") for name in RESUME_FREE_FLAGS[1:])
+    values = {}
+    for f in fields(Args):
+        name, given = f.name, getattr(cli, f.name)
+        if name in RESUME_FREE_FLAGS:  # given on the command line (not left at its default): it wins
+            values[name] = given if given != getattr(defaults, name) or name not in stored else stored[name]
+        elif name in stored:
+            if name not in RUNTIME_FIELDS and given != getattr(defaults, name) and given != stored[name]:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} {given!r} differs from the resumed run's {stored[name]!r}; "
+                    f"accepted: leave it out or pass the stored value (only {free} may change)"
+                )
+            values[name] = stored[name]
+    return Args(**values)
+
+
+def checkpoint_metadata(args: Args, num_actions: int, latent_dim: int, anchor_set_id: Optional[str], global_step: int) -> dict:
+    return {
+        "algorithm": "ppo",
+        "bg_color": args.bg_color,
+        "task": args.task,
+        "reward": "standard",
+        "frame_stack": args.frame_stack,
+        "num_actions": num_actions,
+        "relative": args.relative,
+        "anchor_set_id": anchor_set_id,
+        "num_anchors": args.num_anchors if args.relative else None,
+        "anchor_standardize": args.relative and args.anchor_standardize,
+        "latent_dim": latent_dim,
+        "seed": args.seed,
+        "global_step": global_step,
+        "args": asdict(args),
+    }
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    try:
+        checkpoint = None
+        if args.resume is not None:
+            checkpoint = load_checkpoint(args.resume)
+            algorithm = checkpoint["metadata"]["algorithm"]
+            missing = [k for k in ("optimizer", "iteration", "torch_rng_state") if k not in checkpoint["training_state"]]
+            if algorithm != "ppo" or missing:
+                found = f"a {algorithm!r} run" if algorithm != "ppo" else f"no training_state {', '.join(missing)}"
+                raise ValueError(f"--resume {args.resume!r} holds {found}; accepted: a checkpoint written by ppo_relative.py")
+            args = resumed_args(args, checkpoint)
+        validate_args(args)
+        args.batch_size = int(args.num_envs * args.num_steps)
+        args.minibatch_size = int(args.batch_size // args.num_minibatches)
+        args.num_iterations = args.total_timesteps // args.batch_size
+        start_iteration = 1 if checkpoint is None else checkpoint["training_state"]["iteration"] + 1
+        if start_iteration > args.num_iterations:
+            raise ValueError(
+                f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
+                f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it"
+            )
+        # anchor frames of the run's own colour and task (seed 001 §3.1): the same states for every colour
+        anchor_set = None
+        if args.relative:
+            recipe = AnchorRecipe(steps_per_track=args.anchor_steps_per_track, num_anchors=args.num_anchors)
+            print(f"anchor set {recipe.set_id} ({args.bg_color}, {args.task}): loading; the first use builds and caches it")
+            anchor_set = load_anchor_set(args.bg_color, args.task, recipe=recipe)
+            if checkpoint is not None and checkpoint["metadata"]["anchor_set_id"] != anchor_set.set_id:
+                raise ValueError(
+                    f"--resume {args.resume!r} used anchor set {checkpoint['metadata']['anchor_set_id']!r}, this "
+                    f"installation builds {anchor_set.set_id!r}; accepted: a checkpoint of the current anchor recipe"
+                )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+    torch.set_num_threads(args.torch_threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    if checkpoint is None:
+        color_name = args.bg_color.lstrip("#").lower()
+        run_name = f"ColorCarRacing-{color_name}-{args.task}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = os.path.join(args.runs_dir, run_name)
+    else:  # continue logging next to the checkpoint
+        run_dir = os.path.abspath(args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume))
+        run_name = os.path.basename(run_dir)
+    writer = SummaryWriter(run_dir)
+    if checkpoint is None:
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+        )
+
+    # env setup: gymnasium 1.x vector env, autoreset on the NEXT step (see the rollout below)
+    envs = gym.vector.SyncVectorEnv([make_env(args.bg_color, args.task, args.frame_stack) for _ in range(args.num_envs)])
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
+    num_actions = int(envs.single_action_space.n)
+
+    # The anchor embeddings move once per PPO iteration, after the optimisation epochs: within an iteration
+    # the projection is a fixed function, so the log-probs stored during the rollout and those recomputed in
+    # the update see the same anchors (PPO's ratio measures only the change of the networks), and the anchor
+    # forward pass (num_anchors frames through the CNN) is paid once per iteration. The authors' code moves
+    # the anchors after every gradient step with coefficient a; one step with a^K, K = gradient steps per
+    # iteration, keeps that time scale (1 / (1 - a) gradient steps; ~62 iterations at the defaults).
+    updates_per_iteration = args.update_epochs * args.num_minibatches
+    encoder = Encoder(args.frame_stack, args.relative, args.num_anchors, args.anchor_ema**updates_per_iteration,
+                      args.anchor_standardize).to(device)
+    policy = Policy(encoder.latent_dim, num_actions).to(device)
+    optimizer = torch.optim.Adam(list(encoder.parameters()) + list(policy.parameters()), lr=args.learning_rate, eps=1e-5)
+    anchor_frames = torch.from_numpy(anchor_set.frames).to(device) if anchor_set is not None else None
+    anchor_set_id = anchor_set.set_id if anchor_set is not None else None
+
+    global_step = 0
+    if checkpoint is None:
+        encoder.update_anchors(anchor_frames)  # initialise E(A) with the untrained encoder's embeddings
+        env_seed = args.seed
+    else:
+        try:
+            encoder.load_state_dict(checkpoint["encoder"])
+            policy.load_state_dict(checkpoint["policy"])
+            optimizer.load_state_dict(checkpoint["training_state"]["optimizer"])
+            torch.set_rng_state(checkpoint["training_state"]["torch_rng_state"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            print(f"error: --resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
+                  "accepted: an unmodified ppo_relative.py checkpoint", file=sys.stderr)
+            sys.exit(2)
+        global_step = checkpoint["metadata"]["global_step"]
+        # the simulator's state is not in the checkpoint: the resumed run starts new episodes on tracks
+        # seeded from (seed, iteration), so a resumed run is reproducible but not identical to an uninterrupted one
+        env_seed = args.seed + start_iteration * args.num_envs
+        print(f"resumed {run_name} at global_step={global_step} (iteration {start_iteration - 1})")
+
+    def write_checkpoint(iteration: int) -> None:
+        training_state = {"optimizer": optimizer.state_dict(), "iteration": iteration, "torch_rng_state": torch.get_rng_state()}
+        metadata = checkpoint_metadata(args, num_actions, encoder.latent_dim, anchor_set_id, global_step)
+        save_checkpoint(os.path.join(run_dir, CHECKPOINT_FILE), encoder, policy, metadata, training_state)
+
+    # ALGO Logic: Storage setup
+    obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=torch.uint8, device=device)
+    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+    rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
+    terminations = torch.zeros((args.num_steps, args.num_envs), device=device)
+    dones = torch.zeros((args.num_steps, args.num_envs), device=device)
+    reset_steps = torch.zeros((args.num_steps, args.num_envs), dtype=torch.bool, device=device)
+    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+
+    # TRY NOT TO MODIFY: start the game
+    start_time, start_step = time.time(), global_step
+    next_obs, _ = envs.reset(seed=env_seed)
+    next_obs = torch.as_tensor(next_obs, device=device)
+    next_is_reset = torch.zeros(args.num_envs, dtype=torch.bool, device=device)
+    recent_returns = deque(maxlen=20)
+    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True,
+                    mininterval=2.0, smoothing=0.05)
+
+    for iteration in range(start_iteration, args.num_iterations + 1):
+        # Annealing the rate if instructed to do so.
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_obs
+            # Gymnasium 1.x autoreset (NEXT_STEP): the step after an episode ends only resets that env. Its
+            # "transition" (final obs -> first obs, action ignored, reward 0) is not part of any episode.
+            reset_steps[step] = next_is_reset
+
+            # ALGO LOGIC: action logic
+            with torch.no_grad():
+                logits, value = policy(encoder(next_obs))
+                probs = Categorical(logits=logits)
+                action = probs.sample()
+            values[step] = value
+            actions[step] = action
+            logprobs[step] = probs.log_prob(action)
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
+            rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+            terminations[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
+            next_is_reset = torch.as_tensor(np.logical_or(terminated, truncated), device=device)
+            dones[step] = next_is_reset.float()
+            next_obs = torch.as_tensor(next_obs, device=device)
+
+            if "_episode" in infos:
+                for i in np.nonzero(infos["_episode"])[0]:
+                    episodic_return, episodic_length = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
+                    recent_returns.append(episodic_return)
+                    tqdm.write(f"global_step={global_step}, episodic_return={episodic_return:.2f}")
+                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+            progress.update(args.num_envs)
+
+        # bootstrap value if not done
+        with torch.no_grad():
+            next_value = policy(encoder(next_obs))[1]
+            advantages = compute_gae(rewards, values, next_value, terminations, dones, args.gamma, args.gae_lambda)
+            returns = advantages + values
+
+        # flatten the batch and drop the reset steps: they are not transitions of the MDP
+        valid = ~reset_steps.reshape(-1)
+        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)[valid]
+        b_logprobs = logprobs.reshape(-1)[valid]
+        b_actions = actions.reshape(-1)[valid]
+        b_advantages = advantages.reshape(-1)[valid]
+        b_returns = returns.reshape(-1)[valid]
+        b_values = values.reshape(-1)[valid]
+
+        # Optimizing the policy and value network
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            b_inds = torch.randperm(len(b_obs), device=device)
+            for mb_inds in b_inds.tensor_split(args.num_minibatches):
+                logits, newvalue = policy(encoder(b_obs[mb_inds]))
+                probs = Categorical(logits=logits)
+                newlogprob = probs.log_prob(b_actions[mb_inds])
+                entropy = probs.entropy()
+                logratio = newlogprob - b_logprobs[mb_inds]
+                ratio = logratio.exp()
+
+                with torch.no_grad():
+                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+
+                mb_advantages = b_advantages[mb_inds]
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                # Policy loss
+                pg_loss1 = -mb_advantages * ratio
+                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                # Value loss
+                if args.clip_vloss:
+                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                    v_clipped = b_values[mb_inds] + torch.clamp(
+                        newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
+                    )
+                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(policy.parameters()), args.max_grad_norm)
+                optimizer.step()
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+
+        # move the anchor embeddings towards the updated CNN's (one EMA step per iteration, see above)
+        encoder.update_anchors(anchor_frames)
+
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+        progress.set_postfix_str(f"SPS={sps} return(last {len(recent_returns)})={recent}", refresh=False)
+
+        if args.save_every > 0 and iteration % args.save_every == 0 and iteration < args.num_iterations:
+            write_checkpoint(iteration)
+
+    progress.close()
+    envs.close()
+    write_checkpoint(args.num_iterations)
+    print(f"checkpoint saved to {os.path.join(run_dir, CHECKPOINT_FILE)} (global_step={global_step}, SPS={sps})")
+
+    if args.eval_episodes > 0:
+        video_dir = os.path.join("videos", run_name) if args.capture_video else None
+        eval_returns = evaluate(encoder, policy, args.bg_color, args.task, args.frame_stack, args.eval_episodes,
+                                args.seed + 10_000, device, video_dir=video_dir)
+        for episode, episodic_return in enumerate(eval_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, episode)
+        print(f"eval_return_mean={np.mean(eval_returns):.2f} eval_return_std={np.std(eval_returns):.2f} "
+              f"({args.eval_episodes} deterministic episodes on tracks {args.seed + 10_000}..)")
+    writer.close()
