@@ -29,8 +29,7 @@ import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-import envs  # noqa: F401  (registers ColorCarRacing-v0)
-from envs.anchors import AnchorRecipe, load_anchor_set
+from envs.anchors import AnchorRecipe, load_anchor_set  # importing the envs package registers ColorCarRacing-v0
 from envs.car_racing import NAMED_COLORS, TASKS, make_color_car_racing, parse_bg_color
 
 CHECKPOINT_FORMAT = "r3l-agent-v1"

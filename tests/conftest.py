@@ -1,6 +1,7 @@
 """Shared test set-up: run from the repository root, keep anchor caches out of the user's home."""
 
 import os
+import runpy
 import sys
 import tempfile
 from pathlib import Path
@@ -34,3 +35,21 @@ def colour_change_residual(frames_a, frames_b, colour_a: str, colour_b: str, cha
     projector = span @ np.linalg.pinv(span)
     difference = np.moveaxis(np.asarray(frames_b, dtype=float) - np.asarray(frames_a, dtype=float), channel_axis, -1)
     return float(np.abs(difference - difference @ projector.T).max())
+
+
+def run_script_in_process(script: str, args: list[str], tmp_path: Path, capsys) -> tuple[int, str, str]:
+    """Run a script's __main__ in this process (no interpreter start-up), with `--runs-dir tmp_path/runs`
+    and tmp_path as working directory; returns (exit code, stdout, stderr)."""
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = [script, "--runs-dir", str(tmp_path / "runs"), *args]
+    os.chdir(tmp_path)
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -1,13 +1,13 @@
 """Tests for iqrl_td3.py: FSQ, n-step targets, sequence sampling, the three modes, bad input, learning."""
 import os
 import re
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_script_in_process
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,20 +32,7 @@ def run_script(args, tmp_path, timeout=600):
 
 
 def run_in_process(args, tmp_path, capsys):
-    """Run the script's __main__ in this process (no interpreter start-up); returns (exit code, stdout, stderr)."""
-    argv, cwd = sys.argv, os.getcwd()
-    sys.argv = [SCRIPT, "--runs-dir", str(tmp_path / "runs"), *args]
-    os.chdir(tmp_path)
-    try:
-        runpy.run_path(SCRIPT, run_name="__main__")
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-        os.chdir(cwd)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_script_in_process(SCRIPT, args, tmp_path, capsys)
 
 
 def checkpoint_path(tmp_path) -> Path:

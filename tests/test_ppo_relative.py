@@ -1,13 +1,13 @@
 """Tests for ppo_relative.py: projection invariance, anchor EMA, GAE across autoresets, checkpoints,
 bad input, a subprocess smoke run, reproducibility and --resume."""
 import os
-import runpy
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script_in_process
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -242,20 +242,7 @@ def test_load_checkpoint_rejects_bad_files_with_one_line(tmp_path, bad_checkpoin
 
 # ----------------------------------------------------------------------------------------- the script
 def run_in_process(args, tmp_path, capsys):
-    """Run the script's __main__ in this process (no interpreter start-up); returns (exit code, stdout, stderr)."""
-    argv, cwd = sys.argv, os.getcwd()
-    sys.argv = [SCRIPT, "--runs-dir", str(tmp_path / "runs"), *args]
-    os.chdir(tmp_path)
-    try:
-        runpy.run_path(SCRIPT, run_name="__main__")
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-        os.chdir(cwd)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_script_in_process(SCRIPT, args, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("flags, expected", [
