@@ -2,9 +2,10 @@
 
 Importing this package registers ``ColorCarRacing-v0`` (see `envs.car_racing`), so that
 ``gym.make("ColorCarRacing-v0", bg_color="red", task="standard")`` works, also in vector envs.
-Modules: `car_racing` (colour-variable CarRacing and observation preprocessing), `anchors`
-(parallel anchor frames for relative representations), and the meta-RL task families
-`bandit`, `tabular_mdp` and `gridworld`.
+Modules: `car_racing` (colour-variable CarRacing, reward variants and observation preprocessing),
+`fast_render` (its default numpy state renderer), `anchors` (parallel anchor frames for relative
+representations), the meta-RL task families `bandit`, `tabular_mdp` and `gridworld`, and
+`transfer_gridworld` (REPAINT's teacher/student gridworld).
 """
 
 import gymnasium as gym
