@@ -41,9 +41,9 @@ by side; max return, then episode return; the refused pairs), ``stitch_episodes.
 
 import os
 
-# numpy's OpenBLAS starts one thread per core for every small matrix product (the frame resize in
-# envs.car_racing.preprocess_frame); on busy shared cores that makes a step ~10x slower. Must be set
-# before numpy is imported; spawned workers inherit it.
+# numpy's OpenBLAS starts one thread per core for the environments' small matrix products
+# (envs.fast_render); on busy shared cores that costs more than it saves. Must be set before numpy
+# is imported; spawned workers inherit it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import concurrent.futures
