@@ -140,6 +140,10 @@ class RelativeProjection(nn.Module):
     of the anchor frames (no gradient flows through the anchors; the gradient flows through x):
 
         E(A) <- ema * E(A) + (1 - ema) * E_current(A),   first update: E(A) <- E_current(A).
+
+    The anchor side of the projection (mu, the std and the normalised anchors) depends only on the
+    buffer, so it is computed once per change of the buffer (`update_anchors`, `load_state_dict`) and
+    kept in non-persistent buffers: a forward pass then costs one matrix product.
     """
 
     def __init__(self, num_anchors: int, latent_dim: int, anchor_ema: float = 0.999, standardize: bool = False):
@@ -148,6 +152,22 @@ class RelativeProjection(nn.Module):
         self.standardize = standardize
         self.register_buffer("anchor_embeddings", torch.zeros(num_anchors, latent_dim))
         self.register_buffer("anchors_initialized", torch.tensor(False))
+        # derived from anchor_embeddings, never saved (a checkpoint holds only the embeddings)
+        self.register_buffer("anchor_center", torch.zeros(latent_dim), persistent=False)
+        self.register_buffer("anchor_scale", torch.ones(latent_dim), persistent=False)
+        self.register_buffer("normalized_anchors", torch.zeros(num_anchors, latent_dim), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.refresh_anchor_side())
+
+    @torch.no_grad()
+    def refresh_anchor_side(self) -> None:
+        """Recompute mu, the std and normalize(E(A) - mu) (divided by the std too with `standardize`)."""
+        anchors = self.anchor_embeddings
+        self.anchor_center.copy_(anchors.mean(dim=0))
+        anchors = anchors - self.anchor_center
+        if self.standardize:
+            self.anchor_scale.copy_(anchors.std(dim=0) + 1e-6)
+            anchors = anchors / self.anchor_scale
+        self.normalized_anchors.copy_(F.normalize(anchors, dim=-1))
 
     @torch.no_grad()
     def update_anchors(self, fresh_embeddings: torch.Tensor) -> None:
@@ -156,15 +176,13 @@ class RelativeProjection(nn.Module):
             self.anchors_initialized.fill_(True)
         else:
             self.anchor_embeddings.lerp_(fresh_embeddings, 1.0 - self.anchor_ema)
+        self.refresh_anchor_side()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        anchors = self.anchor_embeddings
-        center = anchors.mean(dim=0)
-        latent, anchors = latent - center, anchors - center
+        latent = latent - self.anchor_center
         if self.standardize:
-            scale = anchors.std(dim=0) + 1e-6
-            latent, anchors = latent / scale, anchors / scale
-        return F.normalize(latent, dim=-1) @ F.normalize(anchors, dim=-1).T
+            latent = latent / self.anchor_scale
+        return F.normalize(latent, dim=-1) @ self.normalized_anchors.T
 
 
 class Encoder(nn.Module):
@@ -200,6 +218,7 @@ class Encoder(nn.Module):
             self.projection.update_anchors(fresh)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, 3 * frame_stack, 84, 84) uint8 observations -> (B, latent_dim) latents."""
         batch = obs.shape[0]
         frames = obs.reshape(batch * self.frame_stack, 3, *obs.shape[-2:])
         latent = self.embed_frames(frames)

@@ -147,7 +147,8 @@ def layer_init(layer, std=2**0.5, bias_const=0.0):
 class RelativeProjection(nn.Module):
     """Relative representation of a latent with respect to anchor embeddings (seed 001, eq. 2-3): the cosine
     similarity between the latent and every anchor embedding, both centred on the anchors' mean. The anchor
-    embeddings are a buffer; here they come from the teacher's checkpoint and are never updated."""
+    embeddings are a buffer; here they come from the teacher's checkpoint and are never updated, so the
+    anchor side (mean, std, normalised anchors) is computed once when the state dict is loaded."""
 
     def __init__(self, num_anchors: int, latent_dim: int, anchor_ema: float = 0.999, standardize: bool = False):
         super().__init__()
@@ -155,15 +156,28 @@ class RelativeProjection(nn.Module):
         self.standardize = standardize
         self.register_buffer("anchor_embeddings", torch.zeros(num_anchors, latent_dim))
         self.register_buffer("anchors_initialized", torch.tensor(False))
+        # derived from anchor_embeddings, never saved (a checkpoint holds only the embeddings)
+        self.register_buffer("anchor_center", torch.zeros(latent_dim), persistent=False)
+        self.register_buffer("anchor_scale", torch.ones(latent_dim), persistent=False)
+        self.register_buffer("normalized_anchors", torch.zeros(num_anchors, latent_dim), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.refresh_anchor_side())
+
+    @torch.no_grad()
+    def refresh_anchor_side(self) -> None:
+        """Recompute mu, the std and normalize(E(A) - mu) (divided by the std too with `standardize`)."""
+        anchors = self.anchor_embeddings
+        self.anchor_center.copy_(anchors.mean(dim=0))
+        anchors = anchors - self.anchor_center
+        if self.standardize:
+            self.anchor_scale.copy_(anchors.std(dim=0) + 1e-6)
+            anchors = anchors / self.anchor_scale
+        self.normalized_anchors.copy_(F.normalize(anchors, dim=-1))
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        anchors = self.anchor_embeddings
-        center = anchors.mean(dim=0)
-        latent, anchors = latent - center, anchors - center
+        latent = latent - self.anchor_center
         if self.standardize:
-            scale = anchors.std(dim=0) + 1e-6
-            latent, anchors = latent / scale, anchors / scale
-        return F.normalize(latent, dim=-1) @ F.normalize(anchors, dim=-1).T
+            latent = latent / self.anchor_scale
+        return F.normalize(latent, dim=-1) @ self.normalized_anchors.T
 
 
 class Encoder(nn.Module):
