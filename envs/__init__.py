@@ -3,7 +3,7 @@
 Importing this package registers ``ColorCarRacing-v0`` (see `envs.car_racing`), so that
 ``gym.make("ColorCarRacing-v0", bg_color="red", task="standard")`` works, also in vector envs.
 Modules: `car_racing` (colour-variable CarRacing, reward variants and observation preprocessing),
-`fast_render` (its default numpy state renderer), `anchors` (parallel anchor frames for relative
+`fast_render` (its default state renderer), `anchors` (parallel anchor frames for relative
 representations), the meta-RL task families `bandit`, `tabular_mdp` and `gridworld`, and
 `transfer_gridworld` (REPAINT's teacher/student gridworld).
 """

@@ -16,7 +16,8 @@ the track's own waypoints replaces the trained agent, so anchors exist before an
    agents can be stitched only if their anchor sets share it.
 
 Anchor sets are cached on disk (``$R3L_ANCHOR_CACHE``, default ``~/.cache/r3l-anchors``), rebuilt when
-missing, when the recipe changes (new identity, new file name) or when a file fails its checksum.
+missing, when the recipe changes (new identity, new file name), when the renderer draws different
+frames (`envs.fast_render.RENDERER_VERSION`, also in the file name) or when a file fails its checksum.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from envs.car_racing import STEER_ACTIONS, ColorCarRacing, check_task, parse_bg_color, preprocess_frame
+from envs.fast_render import RENDERER_VERSION
 
 RECIPE_VERSION = 1
 DEFAULT_NUM_ANCHORS = 3136
@@ -205,7 +207,8 @@ def load_anchor_set(
     recipe = recipe or AnchorRecipe(num_anchors=num_anchors)
     if recipe.num_anchors < 1:
         raise ValueError(f"num_anchors must be >= 1, got {recipe.num_anchors}")
-    path = Path(cache_dir or anchor_cache_dir()) / f"anchors-{recipe.set_id}-{bg_color.lstrip('#').lower()}-{task}.npz"
+    file_name = f"anchors-{recipe.set_id}-r{RENDERER_VERSION}-{bg_color.lstrip('#').lower()}-{task}.npz"
+    path = Path(cache_dir or anchor_cache_dir()) / file_name
     cached = _read_cache(path, recipe.set_id, recipe.num_anchors)
     if cached is not None:
         return AnchorSet(*cached, recipe.set_id, bg_color, task)

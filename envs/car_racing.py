@@ -84,7 +84,7 @@ LANE_WEIGHT = 0.5
 
 OBS_SIZE = 84
 # How the 96x96 state frame is drawn: "fast" (envs/fast_render.py, arrays at observation
-# resolution; ~10x gymnasium's steps/s, docs/fast_render.md) or "gymnasium" (gymnasium's pygame
+# resolution; ~25x gymnasium's steps/s, docs/fast_render.md) or "gymnasium" (gymnasium's pygame
 # renderer, kept for comparison).
 RENDER_BACKENDS = ("fast", "gymnasium")
 _HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")

@@ -1,8 +1,9 @@
-"""CarRacing's state frame drawn directly at observation resolution, with arrays instead of pygame.
+"""CarRacing's state frame drawn directly at observation resolution, without pygame.
 
 Gymnasium draws every road and grass polygon one by one on a 1000x800 window, flips it and
-smooth-scales it to 96x96. `StateRenderer` computes the same 96x96 frame from the same polygons
-with a few array operations (docs/fast_render.md has the figures):
+smooth-scales it to 96x96. `StateRenderer` computes the same 96x96 frame from the same polygons,
+with array operations where a frame needs polygons rasterised and three small per-pixel kernels
+compiled by numba for the work of every frame (docs/fast_render.md has the figures):
 
 1. **Camera.** Gymnasium maps a world point w to the window as ``zoom * R(-car angle) (w - car) +
    (500, 200)``, flips the window vertically and scales it by (96/1000, 96/800). Composed, that is
@@ -11,7 +12,7 @@ with a few array operations (docs/fast_render.md has the figures):
    ground (background, grass, road, kerbs) only changes where the car visits a tile. The ground
    is kept as a texture in world axes, two cells per output pixel height, each texel the area
    average over a pixel-sized square (2x2 cells); a frame gathers, per output pixel, the texel
-   nearest to its centre through the inverse camera map: one gather of 96x84 words. Chunks of the
+   nearest to its centre through the inverse camera map (`gather_texels`). Chunks of the
    texture are drawn when the view first reaches them, and the texels under a tile are redrawn
    when its colour changes.
 3. **Exact-area rasterisation** draws the texture's cells and, during the zoom-in of the first
@@ -29,9 +30,10 @@ with a few array operations (docs/fast_render.md has the figures):
    one layer do not overlap (neighbouring road tiles share an edge), so each layer is a coverage
    plane plus colour-weighted planes, and painting a layer over what is below is
    ``below * (1 - coverage) + colour``. The car (fixed in the view but for its wheels) is painted
-   over the ground with coverage sampled at 4x4 points per pixel.
-5. **Indicator bar.** The black bar and its bars are axis-aligned rectangles (exact coverage); the
-   score is gymnasium's own font, rendered once per distinct score text and cached.
+   over the ground at 4x4 sample points per pixel, in its hull's frame (`paint_car`).
+5. **Indicator bar.** The black bar and its bars are axis-aligned rectangles (exact coverage,
+   `paint_indicators`); the score is gymnasium's own font, rendered once per distinct score text
+   and cached.
 
 Not modelled: pygame's fill rules (its polygons come out up to a window pixel, 0.1 output pixel,
 larger) and where track tiles overlap each other (their coverage adds up); the texture's texel
@@ -45,10 +47,14 @@ from __future__ import annotations
 import functools
 import math
 
+import numba
 import numpy as np
 import pygame
 from gymnasium.envs.box2d import car_dynamics
 from gymnasium.envs.box2d.car_racing import GRASS_DIM, PLAYFIELD, SCALE, STATE_H, STATE_W, WINDOW_H, WINDOW_W, ZOOM
+
+# Bump whenever the frames change: anchor frames cached by another version are drawn again.
+RENDERER_VERSION = 2
 
 # Window pixels -> output pixels: the 1000x800 window is scaled anisotropically to 96x96.
 X_SCALE = STATE_W / WINDOW_W  # 0.096
@@ -65,16 +71,10 @@ VIEW_HALF_DIAGONAL = math.hypot(WINDOW_W / 2, BAR_TOP_WINDOW / 2)
 VIEW_AHEAD = WINDOW_H - BAR_TOP_WINDOW / 2 - CAR_WINDOW_Y
 
 # Ground texture (see `StateRenderer.sample_texture`): texels per output pixel height at the steady
-# zoom, texels per side of the square chunks it is drawn in, and the output pixels' centres as rows
-# (u, v, 1), row-major.
+# zoom, and texels per side of the square chunks it is drawn in.
 TEXELS_PER_PIXEL = 2
 CHUNK = 64
-_v, _u = np.mgrid[0:WORLD_ROWS, 0:STATE_W] + 0.5
-PIXEL_CENTERS = np.stack([_u.ravel(), _v.ravel(), np.ones(_u.size)], axis=1).astype(np.float32)
 VIEW_CORNERS = ((0, 0), (STATE_W, 0), (0, WORLD_ROWS), (STATE_W, WORLD_ROWS))
-# Pixel intervals [j, j + 1) along either axis of the frame (the indicators' coverage).
-PIXEL_STARTS = np.arange(STATE_W, dtype=np.float64)
-PIXEL_ENDS = PIXEL_STARTS + 1
 # The car's coverage: sample points per pixel along each axis.
 CAR_SAMPLES = 4
 
@@ -91,13 +91,14 @@ ROW_BATCH = 21
 # Every colour is drawn that much darker, plus 0.5 so that the final truncating cast rounds.
 SMOOTHSCALE_SHIFT = -2.0 + 0.5
 
-# Coverage planes. The ground planes span the world rows of the frame (the background plane is
-# only needed when the view reaches past the playfield), the car planes only the rows of the car.
+# Coverage planes; they span the world rows of the frame (the background plane is only needed when
+# the view reaches past the playfield).
 GRASS, ROAD, ROAD_RED, ROAD_GREEN_BLUE, BACKGROUND = range(5)
 GROUND_PLANE_SIZE = WORLD_ROWS * PLANE_COLS
 
-HULL_COLOR = (204.0, 0.0, 0.0)  # int(255 * (0.8, 0, 0)), as Car.draw
-WHEEL_STRIPE_GREY = float(car_dynamics.WHEEL_WHITE[0])  # wheels are black, stripes (77, 77, 77)
+# The car's layers in drawing order, and their colours as painted (see SMOOTHSCALE_SHIFT): wheels
+# black, their stripes (77, 77, 77), the hull int(255 * (0.8, 0, 0)) as Car.draw.
+CAR_PAINT = np.array([car_dynamics.WHEEL_COLOR, car_dynamics.WHEEL_WHITE, (204, 0, 0)], dtype=np.float64) + SMOOTHSCALE_SHIFT
 
 
 def signed_area(quads: np.ndarray) -> np.ndarray:
@@ -131,23 +132,46 @@ GRASS_QUADS = np.array(
 # The background is one quad over the whole playfield; outside it the window stays black.
 BACKGROUND_QUAD = np.array([[(1, 1), (1, -1), (-1, -1), (-1, 1)]], dtype=np.float64) * PLAYFIELD
 
-# The car in body coordinates, as Python tuples (see `body_output_quads`): the wheel (one per wheel
-# body) and the hull's four fixtures, with the octagon HULL_POLY3 cut into three horizontal slabs.
-# The hull parts overlap; they share one colour, so the hull's coverage is their union's.
+# The car in its hull's body frame (world units, y pointing forward). The camera follows the hull's
+# position and angle, so at a given zoom the hull covers the same output pixels in every frame; the
+# wheels are placed relative to it. The hull is its four fixtures, the octagon HULL_POLY3 cut into
+# three slabs: six convex quads that overlap and share one colour (the hull's coverage is their
+# union's). A wheel is the rectangle |x| < WHEEL_W, |y| < WHEEL_R in its own body frame.
 WHEEL_W, WHEEL_R = car_dynamics.WHEEL_W * car_dynamics.SIZE, car_dynamics.WHEEL_R * car_dynamics.SIZE
-WHEEL_QUAD = ((-WHEEL_W, WHEEL_R), (WHEEL_W, WHEEL_R), (WHEEL_W, -WHEEL_R), (-WHEEL_W, -WHEEL_R))
 _H3 = car_dynamics.HULL_POLY3
-HULL_QUADS = tuple(
-    tuple((x * car_dynamics.SIZE, y * car_dynamics.SIZE) for x, y in quad)
-    for quad in (
+HULL_QUADS = np.array(
+    [
         car_dynamics.HULL_POLY1,
         car_dynamics.HULL_POLY2,
         (_H3[0], _H3[1], _H3[6], _H3[7]),
         (_H3[1], _H3[2], _H3[5], _H3[6]),
         (_H3[2], _H3[3], _H3[4], _H3[5]),
         car_dynamics.HULL_POLY4,
-    )
+    ],
+    dtype=np.float64,
+) * car_dynamics.SIZE
+# The car's reach in the hull frame: the hull, and every wheel turned any way around its mount point.
+_WHEEL_MOUNTS = np.array(car_dynamics.WHEELPOS, dtype=np.float64) * car_dynamics.SIZE
+_WHEEL_REACH = math.hypot(WHEEL_W, WHEEL_R)
+CAR_REACH_X = max(np.abs(HULL_QUADS[..., 0]).max(), np.abs(_WHEEL_MOUNTS[:, 0]).max() + _WHEEL_REACH)
+CAR_REACH_Y = (
+    min(HULL_QUADS[..., 1].min(), _WHEEL_MOUNTS[:, 1].min() - _WHEEL_REACH),
+    max(HULL_QUADS[..., 1].max(), _WHEEL_MOUNTS[:, 1].max() + _WHEEL_REACH),
 )
+
+
+def convex_half_planes(quads: np.ndarray) -> np.ndarray:
+    """(Q, 4, 2) convex quads -> (Q * 4, 3) rows (a, b, c): a point (x, y) is inside quad q when
+    a x + b y + c > 0 on all four of its rows (one per side, the interior on its positive side)."""
+    orientation = np.sign(signed_area(quads))[:, None]  # +1 counter-clockwise
+    start, end = quads, np.roll(quads, -1, axis=1)
+    a = (start[..., 1] - end[..., 1]) * orientation
+    b = (end[..., 0] - start[..., 0]) * orientation
+    c = -(a * start[..., 0] + b * start[..., 1])
+    return np.stack([a, b, c], axis=-1).reshape(-1, 3)
+
+
+HULL_HALF_PLANES = convex_half_planes(HULL_QUADS)
 BACKGROUND_SIGN = np.sign(signed_area(BACKGROUND_QUAD))
 
 # The indicator bar, in window units after the flip (gymnasium's `CarRacing._render_indicators`):
@@ -159,7 +183,10 @@ INDICATOR_SCALES = np.array([0.02, 0.01, 0.01, 0.01, 0.01, -10.0, -0.8])
 INDICATOR_COLORS = np.array(
     [(255, 255, 255), (0, 0, 255), (0, 0, 255), (51, 0, 255), (51, 0, 255), (0, 255, 0), (255, 0, 0)], dtype=np.float64
 )
-INDICATOR_PAINT = (INDICATOR_COLORS + SMOOTHSCALE_SHIFT).astype(np.float32)
+INDICATOR_PAINT = INDICATOR_COLORS - 2  # smooth-scale's - 2
+INDICATOR_VERTICAL = (True, True, True, True, True, False, False)
+NO_INDICATOR = (0.0, 0.0, WINDOW_H, WINDOW_H)  # an indicator that is not drawn: an empty rectangle
+WINDOW_TO_OUTPUT = np.array([X_SCALE, X_SCALE, Y_SCALE, Y_SCALE])
 # The score text is centred at (60, H - 2.5h), within the bar's first 12 output columns.
 SCORE_CENTER = (60, WINDOW_H - 2.5 * BAR_H)
 SCORE_COLS = 12
@@ -249,66 +276,151 @@ def double_prefix_sum(impulses: np.ndarray) -> np.ndarray:
     return impulses.astype(np.float32) @ DOUBLE_PREFIX_SUM
 
 
-def interval_coverage(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """(K, 96) float32 length of each interval [lo, hi) within the pixels [j, j + 1), 0 <= j < 96."""
-    return np.maximum(np.minimum(hi[:, None], PIXEL_ENDS) - np.maximum(lo[:, None], PIXEL_STARTS), 0).astype(np.float32)
+# Per-pixel kernels, compiled by numba (cached next to this file): the steady-state frame is a few
+# thousand pixels of simple arithmetic, which plain loops do in microseconds where array operations
+# would each cost more in overhead than in work.
 
 
-def body_output_quads(body, local_quads, to_output: tuple, offset: tuple) -> list:
-    """A Box2D body's quads (body coordinates) in output pixels, as lists of 4 (u, v) corners.
-    Python scalars: a few dozen points are cheaper than arrays."""
-    # Body -> output: to_output (position + R(angle) p) + offset = M p + t.
-    (t00, t01), (t10, t11) = to_output
-    cos, sin = math.cos(body.angle), math.sin(body.angle)
-    m00, m01, m10, m11 = t00 * cos + t01 * sin, t01 * cos - t00 * sin, t10 * cos + t11 * sin, t11 * cos - t10 * sin
-    x, y = body.position
-    u, v = t00 * x + t01 * y + offset[0], t10 * x + t11 * y + offset[1]
-    return [[(m00 * px + m01 * py + u, m10 * px + m11 * py + v) for px, py in quad] for quad in local_quads]
+@numba.njit(cache=True)
+def gather_texels(texels: np.ndarray, texture_size: int, to_texel: np.ndarray, frame: np.ndarray) -> None:
+    """frame[v, u] = texels[col + row * texture_size] for each pixel of the world rows, (col, row) the
+    integer part of (u + 0.5, v + 0.5, 1) @ to_texel, a (3, 2) affine map (the texel nearest to the
+    pixel's centre; all positive, so int() floors)."""
+    for v in range(WORLD_ROWS):
+        col_v = (v + 0.5) * to_texel[1, 0] + to_texel[2, 0]
+        row_v = (v + 0.5) * to_texel[1, 1] + to_texel[2, 1]
+        for u in range(STATE_W):
+            texel = int(col_v + (u + 0.5) * to_texel[0, 0]) + int(row_v + (u + 0.5) * to_texel[0, 1]) * texture_size
+            frame[v, u, 0] = texels[texel, 0]
+            frame[v, u, 1] = texels[texel, 1]
+            frame[v, u, 2] = texels[texel, 2]
 
 
-def wheel_output_quads(wheels, to_output: tuple, offset: tuple) -> list:
-    """The 4 wheels then their 4 stripes, in output pixels (`body_output_quads`)."""
-    quads, stripes = [], []
-    for wheel in wheels:
-        # Car.draw: a wheel's stripe spans the wheel's width between heights R cos(phase) and
-        # R cos(phase + 1.2); where the sine is positive the height is clamped to +-R, and the
-        # stripe is hidden (here: made flat, which covers nothing) when both sines are positive.
-        phases = (wheel.phase, wheel.phase + 1.2)
-        if all(math.sin(phase) > 0 for phase in phases):
-            low = high = 0.0
-        else:
-            ends = [math.copysign(1.0, math.cos(p)) if math.sin(p) > 0 else math.cos(p) for p in phases]
-            low, high = WHEEL_R * min(ends), WHEEL_R * max(ends)
-        stripe = ((-WHEEL_W, low), (WHEEL_W, low), (WHEEL_W, high), (-WHEEL_W, high))
-        wheel_quad, stripe_quad = body_output_quads(wheel, (WHEEL_QUAD, stripe), to_output, offset)
-        quads.append(wheel_quad)
-        stripes.append(stripe_quad)
-    return quads + stripes
+@numba.njit(cache=True)
+def stripe_extent(phase: float) -> tuple[float, float]:
+    """Car.draw's white stripe on a wheel at this rotation phase: it spans the wheel's width between
+    heights R cos(phase) and R cos(phase + 1.2) of the wheel's frame; where the sine is positive the
+    height is clamped to +-R, and the stripe is hidden (here: made flat, which covers nothing) when
+    both sines are positive. Returns (low, high)."""
+    if math.sin(phase) > 0 and math.sin(phase + 1.2) > 0:
+        return 0.0, 0.0
+    end_0 = math.copysign(1.0, math.cos(phase)) if math.sin(phase) > 0 else math.cos(phase)
+    end_1 = math.copysign(1.0, math.cos(phase + 1.2)) if math.sin(phase + 1.2) > 0 else math.cos(phase + 1.2)
+    return WHEEL_R * min(end_0, end_1), WHEEL_R * max(end_0, end_1)
 
 
-def window_points(left: int, top: int, right: int, bottom: int) -> np.ndarray:
-    """(3, P) float32 rows (u, v, 1) of CAR_SAMPLES x CAR_SAMPLES points per output pixel of the
-    window [left, right) x [top, bottom), pixel by pixel (row-major), each pixel's points together."""
+@numba.njit(cache=True)
+def wheel_rectangles(hull_pose, wheel_poses) -> np.ndarray:
+    """The four wheels then their four stripes as rectangles of the hull's frame, each as two affine
+    maps of hull-frame points (x, y, 1), shape (8, 2, 3), both within (-1, 1) exactly inside it.
+
+    hull_pose: (x, y, angle) of the hull; wheel_poses: (4, 4) (x, y, angle, phase) of each wheel. A
+    wheel's mount point is R(-hull angle) (wheel position - hull position) and its turn the angle
+    difference; a hull-frame point p is q = R(-turn) (p - mount) in the wheel's frame, where the
+    wheel is |q_x| < WHEEL_W, |q_y| < WHEEL_R and its stripe |q_x| < WHEEL_W, low < q_y < high
+    (`stripe_extent`): the maps are q_x / WHEEL_W and (q_y - centre) / half-height."""
+    rectangles = np.empty((8, 2, 3))
+    cos_h, sin_h = math.cos(hull_pose[2]), math.sin(hull_pose[2])
+    for k in range(4):
+        dx, dy = wheel_poses[k, 0] - hull_pose[0], wheel_poses[k, 1] - hull_pose[1]
+        mount_x, mount_y = cos_h * dx + sin_h * dy, cos_h * dy - sin_h * dx
+        cos_t, sin_t = math.cos(wheel_poses[k, 2] - hull_pose[2]), math.sin(wheel_poses[k, 2] - hull_pose[2])
+        across = (cos_t, sin_t, -cos_t * mount_x - sin_t * mount_y)  # q_x as a map of (x, y, 1)
+        along = (-sin_t, cos_t, sin_t * mount_x - cos_t * mount_y)  # q_y
+        low, high = stripe_extent(wheel_poses[k, 3])
+        for i in range(3):
+            rectangles[k, 0, i] = rectangles[k + 4, 0, i] = across[i] / WHEEL_W
+            rectangles[k, 1, i] = along[i] / WHEEL_R
+            rectangles[k + 4, 1, i] = along[i] / max((high - low) / 2, 1e-9)
+        rectangles[k + 4, 1, 2] -= (high + low) / 2 / max((high - low) / 2, 1e-9)
+        if high <= low:  # hidden: a map that is 2 everywhere holds no point
+            rectangles[k + 4, 1, 0], rectangles[k + 4, 1, 1], rectangles[k + 4, 1, 2] = 0.0, 0.0, 2.0
+    return rectangles
+
+
+@numba.njit(cache=True)
+def paint_car(frame, window, points, in_hull, hull_pose, wheel_poses) -> None:
+    """Paint the car over the frame's pixels in window (left, top, right, bottom), sample by sample.
+
+    points: (P, 2) the window's sample points in the hull's frame, CAR_SAMPLES^2 per pixel, pixel by
+    pixel (row-major); in_hull: (P,) whether each is inside the hull; the wheels and stripes come
+    from the poses (`wheel_rectangles`). A sample shows, in gymnasium's drawing order, the hull over
+    a stripe over a wheel over the ground; a pixel is the mean of its samples."""
+    rectangles = wheel_rectangles(hull_pose, wheel_poses)
+    left, top, right, bottom = window
+    samples = CAR_SAMPLES * CAR_SAMPLES
+    s = 0
+    for v in range(top, bottom):
+        for u in range(left, right):
+            ground = wheel = stripe = hull = 0  # samples showing each layer
+            for _ in range(samples):
+                if in_hull[s]:
+                    hull += 1
+                else:
+                    x, y = points[s, 0], points[s, 1]
+                    layer = 0  # 0 ground, 1 + k // 4: wheel or stripe (a stripe is over its wheel)
+                    for k in range(8):
+                        if (abs(rectangles[k, 0, 0] * x + rectangles[k, 0, 1] * y + rectangles[k, 0, 2]) < 1
+                                and abs(rectangles[k, 1, 0] * x + rectangles[k, 1, 1] * y + rectangles[k, 1, 2]) < 1):
+                            layer = max(layer, 1 + k // 4)
+                    if layer == 0:
+                        ground += 1
+                    elif layer == 1:
+                        wheel += 1
+                    else:
+                        stripe += 1
+                s += 1
+            for c in range(3):
+                value = (frame[v, u, c] + 0.5) * ground + wheel * CAR_PAINT[0, c] + stripe * CAR_PAINT[1, c] + hull * CAR_PAINT[2, c]
+                frame[v, u, c] = max(value / samples, 0.0)
+
+
+@numba.njit(cache=True)
+def paint_indicators(frame, rectangles, paints) -> None:
+    """Paint axis-aligned, non-overlapping rectangles (K, 4) = (left, right, top, bottom) in output
+    pixels with colours paints (K, 3) (gymnasium's colour - 2), at their exact area coverage:
+    pixel = below (1 - sum_k coverage_k) + sum_k coverage_k paint_k."""
+    top = STATE_H
+    for k in range(len(rectangles)):
+        if rectangles[k, 1] > rectangles[k, 0] and rectangles[k, 3] > rectangles[k, 2]:
+            top = min(top, max(int(rectangles[k, 2]), 0))
+    covered = np.zeros((STATE_H - top, STATE_W))
+    paint = np.zeros((STATE_H - top, STATE_W, 3))
+    for k in range(len(rectangles)):
+        left, right, upper, lower = rectangles[k, 0], rectangles[k, 1], rectangles[k, 2], rectangles[k, 3]
+        for v in range(max(int(upper), 0), min(int(math.ceil(lower)), STATE_H)):
+            height = min(lower, v + 1) - max(upper, v)
+            for u in range(max(int(left), 0), min(int(math.ceil(right)), STATE_W)):
+                coverage = height * (min(right, u + 1) - max(left, u))
+                if coverage > 0:
+                    covered[v - top, u] += coverage
+                    for c in range(3):
+                        paint[v - top, u, c] += coverage * paints[k, c]
+    for v in range(top, STATE_H):
+        for u in range(STATE_W):
+            for c in range(3):
+                value = frame[v, u, c] * (1 - covered[v - top, u]) + paint[v - top, u, c] + 0.5  # + 0.5: the cast rounds
+                frame[v, u, c] = max(value, 0.0)
+
+
+@functools.lru_cache(maxsize=256)  # the steady zoom and the zoom-in's 50 of a few tasks
+def car_window(zoom: float) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]:
+    """The output pixels the car can cover at this zoom, as a window (left, top, right, bottom), with
+    CAR_SAMPLES x CAR_SAMPLES sample points per pixel (pixel by pixel, row-major) in the hull's frame,
+    shape (P, 2), and whether each is inside the hull, shape (P,).
+
+    Output pixel (u, v) is hull-frame point ((u - u_car) / (X_SCALE zoom), -(v - v_car) / (Y_SCALE zoom))
+    (the inverse of `StateRenderer.render`'s camera map for a point w = car + R(angle) p)."""
+    x_scale, y_scale = X_SCALE * zoom, Y_SCALE * zoom
+    left = max(math.floor(CAR_OUTPUT[0] - x_scale * CAR_REACH_X), 0)
+    right = min(math.ceil(CAR_OUTPUT[0] + x_scale * CAR_REACH_X), STATE_W)
+    top = max(math.floor(CAR_OUTPUT[1] - y_scale * CAR_REACH_Y[1]), 0)
+    bottom = min(math.ceil(CAR_OUTPUT[1] - y_scale * CAR_REACH_Y[0]), WORLD_ROWS)
     offsets = (np.arange(CAR_SAMPLES) + 0.5) / CAR_SAMPLES
     v, u, dv, du = np.meshgrid(np.arange(top, bottom), np.arange(left, right), offsets, offsets, indexing="ij")
-    return np.stack([(u + du).ravel(), (v + dv).ravel(), np.ones(u.size)]).astype(np.float32)
-
-
-def inside_quads(quads: list, points: np.ndarray) -> np.ndarray:
-    """(Q, P) bool: whether each point of `points` (3, P) is inside each convex quad (Q lists of
-    4 corners, in output pixels)."""
-    # Edge k runs from p_k to p_k+1 = p_k + d; a point q is inside when it is on the same side of
-    # every edge as the interior: orientation * cross(d, q - p_k) > 0, i.e. a qx + b qy + c > 0. A
-    # flat quad (a hidden stripe) has orientation 0 and contains nothing.
-    edges = []
-    for quad in quads:
-        (x0, y0), (x1, y1), (x2, y2) = quad[:3]
-        cross = (x1 - x0) * (y2 - y1) - (y1 - y0) * (x2 - x1)
-        orientation = 1.0 if cross > 0 else -1.0 if cross < 0 else 0.0
-        for (xa, ya), (xb, yb) in zip(quad, quad[1:] + quad[:1]):
-            a, b = (ya - yb) * orientation, (xb - xa) * orientation
-            edges.append((a, b, -(a * xa + b * ya)))
-    return (np.array(edges, dtype=np.float32) @ points).reshape(len(quads), 4, -1).min(axis=1) > 0
+    points = np.stack([((u + du).ravel() - CAR_OUTPUT[0]) / x_scale, (CAR_OUTPUT[1] - (v + dv).ravel()) / y_scale], axis=1)
+    in_hull = ((points @ HULL_HALF_PLANES[:, :2].T + HULL_HALF_PLANES[:, 2]).reshape(-1, len(HULL_QUADS), 4).min(axis=2) > 0).any(axis=1)
+    return (left, top, right, bottom), points, in_hull
 
 
 @functools.lru_cache(maxsize=4096)
@@ -324,7 +436,7 @@ def score_patch(text: str) -> np.ndarray:
     rect.center = (SCORE_CENTER[0], SCORE_CENTER[1] - BAR_TOP_WINDOW)
     patch.blit(label, rect)
     scaled = pygame.transform.smoothscale(patch, (SCORE_COLS, STATE_H - WORLD_ROWS))
-    return pygame.surfarray.array3d(scaled).transpose(1, 0, 2).astype(np.float32) + 0.5  # already scaled: only round
+    return pygame.surfarray.array3d(scaled).transpose(1, 0, 2).copy()
 
 
 class StateRenderer:
@@ -345,7 +457,6 @@ class StateRenderer:
             ],
             dtype=np.float32,
         )
-        self.car_mix = np.array([[WHEEL_STRIPE_GREY] * 3, HULL_COLOR], dtype=np.float32) + SMOOTHSCALE_SHIFT
 
         # The ground texture: the playfield in world axes, on a grid of TEXELS_PER_PIXEL cells per
         # output pixel height at the steady zoom (k = 3.9 cells per world unit at zoom 2.7, 1.4 at
@@ -353,7 +464,7 @@ class StateRenderer:
         # x in origin + [col, col + 1) / k, y in origin + [row, row + 1) / k. Texel (col, row) is
         # the 2x2 cells from there, an output pixel's height square: it holds the exact area average
         # of background, grass and road over that square, as gymnasium's colour minus smooth-scale's
-        # 2, rounded, in uint8 RGB(A), so that one uint32 word per output pixel is gathered.
+        # 2, rounded, in uint8 RGB: the frame's pixel values.
         self.texture_zoom = zoom * SCALE
         self.texels_per_unit = TEXELS_PER_PIXEL * Y_SCALE * self.texture_zoom
         self.texture_origin = -PLAYFIELD - 1 / self.texels_per_unit
@@ -361,9 +472,8 @@ class StateRenderer:
         self.texture_size = n_chunks * CHUNK
         self.texture_limit = 2 * PLAYFIELD * self.texels_per_unit - 1  # the last texel inside the playfield
         # Zero pages cost nothing until written: only the chunks the car has seen take memory.
-        self.texture = np.zeros((self.texture_size, self.texture_size, 4), dtype=np.uint8)
-        self.texture_words = self.texture.view(np.uint32).reshape(-1)
-        self.texel_strides = np.array([1, self.texture_size], dtype=np.int32)  # (col, row) -> word
+        self.texture = np.zeros((self.texture_size, self.texture_size, 3), dtype=np.uint8)
+        self.texels = self.texture.reshape(-1, 3)  # texel (col, row) is row col + row * texture_size
         self.chunk_built = np.zeros((n_chunks, n_chunks), dtype=bool)
         # Grass is the checkerboard of GRASS_DIM squares (i, j), i and j even: the product of one set
         # of x intervals and one of y intervals, so a cell's grass coverage is the product of its
@@ -397,7 +507,6 @@ class StateRenderer:
         self.texture_colors = road_poly_colors.copy()  # the tile colours the texture shows
         self.texture_color_sum = self.texture_colors.sum()
         self.chunk_built[:] = False
-        self.car_window = None  # (window, its sample points, hull coverage) at the steady zoom
 
     def render(self, car, zoom: float, reward: float) -> np.ndarray:
         """The state frame with the camera on `car`, `zoom` window pixels per world unit (`camera_zoom`)."""
@@ -410,8 +519,7 @@ class StateRenderer:
         to_output = ((X_SCALE * zoom * cos, X_SCALE * zoom * sin), (Y_SCALE * zoom * sin, -Y_SCALE * zoom * cos))
         offset = tuple(c - row[0] * car_x - row[1] * car_y for c, row in zip(CAR_OUTPUT, to_output))
 
-        frame = np.empty((STATE_H, STATE_W, 3), dtype=np.float32)
-        frame[WORLD_ROWS:] = 0  # the black bar
+        frame = np.zeros((STATE_H, STATE_W, 3), dtype=np.uint8)  # the bar is black
         textured = False
         if zoom == self.texture_zoom:
             # Output -> texel (col, row): k (car + to_output^-1 ((u, v) - CAR_OUTPUT) - origin),
@@ -433,9 +541,9 @@ class StateRenderer:
             view_radius, ahead = VIEW_HALF_DIAGONAL / zoom, VIEW_AHEAD / zoom
             view = (car_x - ahead * sin, car_y + ahead * cos, view_radius)
             self.exact_ground(frame, np.array(to_output), np.array(offset), view)
-        self.draw_car(frame, car, to_output, offset, zoom)
+        self.draw_car(frame, car, zoom)
         self.draw_indicators(frame, car, reward)
-        return np.maximum(frame, 0).astype(np.uint8)
+        return frame
 
     def sample_texture(self, frame: np.ndarray, to_texel: tuple) -> bool:
         """The frame's world rows from the ground texture: per output pixel, the texel nearest to its
@@ -467,10 +575,7 @@ class StateRenderer:
                 self.draw_texture(row0, row1, col0, col1)
             self.texture_color_sum = color_sum
 
-        texel = (PIXEL_CENTERS @ np.array(to_texel, dtype=np.float32)).astype(np.int32) @ self.texel_strides
-        words = self.texture_words.take(texel)
-        frame[:WORLD_ROWS] = words.view(np.uint8).reshape(WORLD_ROWS, STATE_W, 4)[..., :3]
-        frame[:WORLD_ROWS] += 0.5  # the final truncating cast rounds
+        gather_texels(self.texels, self.texture_size, np.array(to_texel), frame)
         return True
 
     def draw_texture(self, row0: int, row1: int, col0: int, col1: int) -> None:
@@ -495,7 +600,7 @@ class StateRenderer:
         grass = np.outer(self.grass_coverage[row0 : row0 + rows], self.grass_coverage[col0 : col0 + cols])[..., None]
         rgb = (self.background + grass * (self.grass - self.background)) * (1 - road) + red * (1, 0, 0) + green_blue * (0, 1, 1)
         texels = (rgb[:-1, :-1] + rgb[1:, :-1] + rgb[:-1, 1:] + rgb[1:, 1:]) / 4
-        self.texture[row0:row1, col0:col1, :3] = np.clip(np.rint(texels - 2), 0, 255)  # smooth-scale's - 2
+        self.texture[row0:row1, col0:col1] = np.clip(np.rint(texels - 2), 0, 255)  # smooth-scale's - 2
 
     def exact_ground(self, frame: np.ndarray, to_output: np.ndarray, offset: np.ndarray, view: tuple) -> None:
         """The frame's world rows by exact-area rasterisation of the visible ground quads (the zoom-in
@@ -537,40 +642,18 @@ class StateRenderer:
         if not inside_playfield:
             uncovered *= ground[BACKGROUND]  # black outside the playfield
         ground[ROAD] = uncovered
-        frame[:WORLD_ROWS] = (ground[:BACKGROUND].reshape(BACKGROUND, -1).T @ self.ground_mix).reshape(WORLD_ROWS, STATE_W, 3)
+        rgb = ground[:BACKGROUND].reshape(BACKGROUND, -1).T @ self.ground_mix
+        frame[:WORLD_ROWS] = np.maximum(rgb, 0).reshape(WORLD_ROWS, STATE_W, 3)  # the cast truncates: rounds
 
-    def draw_car(self, frame: np.ndarray, car, to_output: tuple, offset: tuple, zoom: float) -> None:
-        """Paint the car: wheels (black) with their stripes, then the hull, over the ground, with
-        coverage sampled at CAR_SAMPLES x CAR_SAMPLES points per pixel of a window around the car.
-        The hull is fixed in the view: at the steady zoom its coverage and the window (with a
-        pixel's margin for the wheels' steering) are computed once."""
-        wheels = wheel_output_quads(car.wheels, to_output, offset)
-        if zoom == self.texture_zoom and self.car_window is not None:
-            window, points, hull = self.car_window
-        else:
-            hull_quads = body_output_quads(car.hull, HULL_QUADS, to_output, offset)
-            xs = [x for quad in wheels + hull_quads for x, _ in quad]
-            ys = [y for quad in wheels + hull_quads for _, y in quad]
-            margin = 1 if zoom == self.texture_zoom else 0
-            window = (
-                max(int(min(xs)) - margin, 0),
-                max(int(min(ys)) - margin, 0),
-                min(int(max(xs)) + 1 + margin, STATE_W),
-                min(int(max(ys)) + 1 + margin, WORLD_ROWS),
-            )
-            if window[0] >= window[2] or window[1] >= window[3]:
-                return
-            points = window_points(*window)
-            hull = inside_quads(hull_quads, points).any(axis=0).reshape(-1, CAR_SAMPLES**2).mean(axis=1, dtype=np.float32)
-            if zoom == self.texture_zoom:
-                self.car_window = window, points, hull
-        left, top, right, bottom = window
-        # Wheels, then stripes: the coverage of each group (its quads do not overlap).
-        wheel, stripe = inside_quads(wheels, points).reshape(2, 4, -1, CAR_SAMPLES**2).any(axis=1).mean(axis=2, dtype=np.float32)
-        not_hull = 1 - hull
-        view = frame[top:bottom, left:right]
-        view *= ((1 - wheel) * not_hull).reshape(bottom - top, right - left, 1)
-        view += (np.outer(stripe * not_hull, self.car_mix[0]) + np.outer(hull, self.car_mix[1])).reshape(view.shape)
+    def draw_car(self, frame: np.ndarray, car, zoom: float) -> None:
+        """Paint the car: wheels (black) with their stripes, then the hull, over the ground, sampled at
+        CAR_SAMPLES x CAR_SAMPLES points per pixel of the window around the car (`car_window`, in the
+        hull's frame; `paint_car`)."""
+        window, points, in_hull = car_window(zoom)
+        hull = car.hull
+        hull_pose = np.array((*hull.position, hull.angle))
+        wheel_poses = np.array([(*wheel.position, wheel.angle, wheel.phase) for wheel in car.wheels])
+        paint_car(frame, window, points, in_hull, hull_pose, wheel_poses)
 
     @staticmethod
     def draw_indicators(frame: np.ndarray, car, reward: float) -> None:
@@ -579,25 +662,16 @@ class StateRenderer:
         values = (math.hypot(*hull.linearVelocity), *(w.omega for w in wheels), wheels[0].joint.angle, hull.angularVelocity)
         # Rectangles (left, right, top, bottom) in window pixels; pygame fills a polygon's last
         # row and column too, hence the + 1. Gymnasium skips near-zero indicators.
-        rects, colors = [], []
-        for k, (value, place, scale) in enumerate(zip(values, INDICATOR_PLACES, INDICATOR_SCALES)):
-            if abs(value) > 1e-4:
-                extent = value * scale
-                if k < 5:  # vertical
-                    y0, y1 = sorted((WINDOW_H - BAR_H - BAR_H * extent, WINDOW_H - BAR_H))
-                    rects.append((place * BAR_S, (place + 1) * BAR_S + 1, y0, y1 + 1))
-                else:  # horizontal
-                    x0, x1 = sorted((place * BAR_S, (place + extent) * BAR_S))
-                    rects.append((x0, x1 + 1, WINDOW_H - 4 * BAR_H, WINDOW_H - 2 * BAR_H + 1))
-                colors.append(k)
-        if rects:
-            # Output pixels: the columns and rows each rectangle covers, in one call (both 96 pixels).
-            left, right, upper, lower = (np.array(rects) * (X_SCALE, X_SCALE, Y_SCALE, Y_SCALE)).T
-            cols, rows = np.split(interval_coverage(np.concatenate([left, upper]), np.concatenate([right, lower])), 2)
-            top = max(min(WORLD_ROWS, int(upper.min())), 0)
-            rows = rows[:, top:]
-            if top < WORLD_ROWS:  # an indicator reaches above the bar: paint over the world
-                frame[top:] *= (1 - rows.T @ cols)[..., None]  # the indicators do not overlap
-            paint = (cols[:, :, None] * INDICATOR_PAINT[colors][:, None, :]).reshape(len(rects), -1)
-            frame[top:] += (rows.T @ paint).reshape(STATE_H - top, STATE_W, 3)
+        rects = []
+        for value, place, scale, vertical in zip(values, INDICATOR_PLACES, INDICATOR_SCALES, INDICATOR_VERTICAL):
+            extent = value * scale
+            if abs(value) <= 1e-4:
+                rects.append(NO_INDICATOR)
+            elif vertical:
+                y0, y1 = sorted((WINDOW_H - BAR_H - BAR_H * extent, WINDOW_H - BAR_H))
+                rects.append((place * BAR_S, (place + 1) * BAR_S + 1, y0, y1 + 1))
+            else:
+                x0, x1 = sorted((place * BAR_S, (place + extent) * BAR_S))
+                rects.append((x0, x1 + 1, WINDOW_H - 4 * BAR_H, WINDOW_H - 2 * BAR_H + 1))
+        paint_indicators(frame, np.array(rects) * WINDOW_TO_OUTPUT, INDICATOR_PAINT)
         frame[WORLD_ROWS:, :SCORE_COLS] = score_patch(f"{reward:04.0f}")

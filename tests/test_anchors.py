@@ -7,6 +7,7 @@ import envs.anchors as anchors
 from envs.anchors import AnchorRecipe, WaypointDriver, load_anchor_set, record_trajectory, render_trajectory
 from conftest import colour_change_residual
 from envs.car_racing import ColorCarRacing
+from envs.fast_render import RENDERER_VERSION
 
 # A small recipe so that the mechanics are tested in seconds; the default set is tested below.
 SMALL = AnchorRecipe(track_seeds=(2, 5), steps_per_track=80, num_anchors=48)
@@ -72,7 +73,17 @@ def test_same_call_gives_the_same_frames_and_the_cache_is_used(tmp_path, monkeyp
 
     rebuilt = anchors.build_anchor_set("blue", "standard", SMALL)
     np.testing.assert_array_equal(rebuilt.frames, first.frames)
-    assert cache_file.name == f"anchors-{SMALL.set_id}-blue-standard.npz"
+    assert cache_file.name == f"anchors-{SMALL.set_id}-r{RENDERER_VERSION}-blue-standard.npz"
+
+
+def test_frames_cached_by_another_renderer_version_are_redrawn(tmp_path, monkeypatch):
+    load_anchor_set("green", recipe=SMALL, cache_dir=tmp_path)
+    monkeypatch.setattr(anchors, "RENDERER_VERSION", RENDERER_VERSION + 1)
+    built = []
+    build = anchors.build_anchor_set
+    monkeypatch.setattr(anchors, "build_anchor_set", lambda *args: built.append(args) or build(*args))
+    load_anchor_set("green", recipe=SMALL, cache_dir=tmp_path)
+    assert len(built) == 1 and len(list(tmp_path.glob("anchors-*.npz"))) == 2
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "tamper"])
