@@ -328,11 +328,13 @@ def wheel_rectangles(hull_pose, wheel_poses) -> np.ndarray:
         across = (cos_t, sin_t, -cos_t * mount_x - sin_t * mount_y)  # q_x as a map of (x, y, 1)
         along = (-sin_t, cos_t, sin_t * mount_x - cos_t * mount_y)  # q_y
         low, high = stripe_extent(wheel_poses[k, 3])
+        half_height, middle = max((high - low) / 2, 1e-9), (high + low) / 2
         for i in range(3):
-            rectangles[k, 0, i] = rectangles[k + 4, 0, i] = across[i] / WHEEL_W
+            rectangles[k, 0, i] = across[i] / WHEEL_W  # the wheel: q_x / W, q_y / R
             rectangles[k, 1, i] = along[i] / WHEEL_R
-            rectangles[k + 4, 1, i] = along[i] / max((high - low) / 2, 1e-9)
-        rectangles[k + 4, 1, 2] -= (high + low) / 2 / max((high - low) / 2, 1e-9)
+            rectangles[k + 4, 0, i] = across[i] / WHEEL_W  # its stripe: q_x / W, (q_y - middle) / half-height
+            rectangles[k + 4, 1, i] = along[i] / half_height
+        rectangles[k + 4, 1, 2] -= middle / half_height
         if high <= low:  # hidden: a map that is 2 everywhere holds no point
             rectangles[k + 4, 1, 0], rectangles[k + 4, 1, 1], rectangles[k + 4, 1, 2] = 0.0, 0.0, 2.0
     return rectangles

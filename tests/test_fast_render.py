@@ -6,7 +6,7 @@ import pytest
 
 import envs  # noqa: F401  (registers ColorCarRacing-v0)
 from envs.car_racing import RENDER_BACKENDS, ColorCarRacing, make_color_car_racing, preprocess_frame
-from envs.fast_render import camera_zoom
+from envs.fast_render import WORLD_ROWS, camera_zoom, car_window
 
 # Per channel, the mean |fast - gymnasium| of the 84x84 preprocessed frames, in [0, 1] units.
 FIDELITY_BOUND = 4 / 255
@@ -57,6 +57,23 @@ def test_fast_frames_match_gymnasium_frames_on_the_same_states():
         assert errors[frames].mean(axis=0).max() <= FIDELITY_BOUND, errors[frames].mean(axis=0) * 255
     # No single state is far off either (e.g. a missing car or indicator).
     assert errors.mean(axis=1).max() <= 2 * FIDELITY_BOUND
+
+
+def test_car_and_indicator_bar_match_gymnasium_where_they_are_drawn():
+    # The whole-frame bound above hardly sees the car (~1% of the frame): compare the raw 96x96 frames
+    # in the car's window and in the indicator bar alone. A missing wheel or a wrongly turned one
+    # (~2 output pixels of black) moves the car window's mean by > 8 levels; pygame's fill rules
+    # (polygons a window pixel larger) leave ~5.
+    env = ColorCarRacing(bg_color="green", render_backend="gymnasium")
+    env.reset(seed=0)
+    car_errors, bar_errors = [], []
+    for action in DRIVE:
+        obs, *_ = env.step_gym_action(action)
+        (left, top, right, bottom), _, _ = car_window(camera_zoom(env.t, env.zoom))
+        difference = np.abs(obs.astype(np.float64) - fast_frame(env))
+        car_errors.append(difference[top:bottom, left:right].mean())
+        bar_errors.append(difference[WORLD_ROWS:].mean())
+    assert np.mean(car_errors) <= 8 and np.mean(bar_errors) <= 1, (np.mean(car_errors), np.mean(bar_errors))
 
 
 def test_texture_follows_a_new_track_after_reset():
