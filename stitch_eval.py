@@ -48,7 +48,11 @@ into pairs that differ in visuals only, in task, or in algorithm.
 
 Outputs in ``--out-dir`` (checked to be writable before any episode runs): ``stitch_table.md`` (also
 printed), ``stitch_episodes.csv`` (one row per episode), ``stitch_results.json`` (checkpoints, every pair with
-status, reason, ``played_on``, episodes, and the figures of merit) and ``stitch_heatmap.png``.
+status, reason, ``played_on``, episodes, and the figures of merit) and ``stitch_heatmap.png``. With ``--videos``,
+``videos/``: one GIF per evaluated pair (its first track: the agent's 84x84 view scaled up with nearest
+neighbour, the return so far drawn on it) and one mosaic GIF per block (encoders as rows, policies as columns,
+all pairs on the same track in lockstep, each tile labelled and greyed once its episode ends; refused pairs are
+labelled blank tiles).
 """
 
 import os
@@ -70,6 +74,8 @@ from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
 
+import imageio.v3 as iio  # noqa: E402
+
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
@@ -77,6 +83,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tyro  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import envs  # noqa: E402, F401  (registers ColorCarRacing-v0)
@@ -125,6 +132,10 @@ class Args:
     """parallel evaluation processes"""
     out_dir: str = "runs/stitch_eval"
     """where the table, CSV, JSON and heatmap are written"""
+    videos: bool = False
+    """write a GIF of every evaluated pair's first track and a mosaic GIF per block to {out_dir}/videos/"""
+    video_steps: int = 600
+    """steps of each episode the GIFs show (every second step is a frame)"""
 
 
 class UserError(Exception):
@@ -304,6 +315,7 @@ class Job:
     seed: int
     max_episode_steps: Optional[int]
     translation_path: Optional[str] = None
+    frames_path: Optional[str] = None  # where to keep the episode's frames and returns (videos), or None
 
 
 _AGENTS: dict[str, tuple[Encoder, torch.nn.Module, dict]] = {}  # per worker process: path -> loaded agent
@@ -336,6 +348,7 @@ def run_episode(job: Job) -> dict:
     obs, _ = env.reset(seed=job.track_seed)  # the track seed decides the track
     action_counts = [0] * int(env.action_space.n)
     episode_return, max_return, length, done = 0.0, -np.inf, 0, False
+    frames, returns = [obs[-3:].transpose(1, 2, 0)], [0.0]  # the newest RGB frame of the stack, (84, 84, 3)
     while not done and length < limit:
         if rng.random() < job.epsilon:
             policy_action = int(rng.integers(policy_meta["num_actions"]))
@@ -351,7 +364,12 @@ def run_episode(job: Job) -> dict:
         max_return = max(max_return, episode_return)  # Table 1: the best return reached during the episode
         length += 1
         done = terminated or truncated
+        if job.frames_path is not None:
+            frames.append(obs[-3:].transpose(1, 2, 0))
+            returns.append(episode_return)
     env.close()
+    if job.frames_path is not None:
+        np.savez_compressed(job.frames_path, frames=np.stack(frames), returns=np.asarray(returns))
     return {"track_seed": job.track_seed, "episode": job.episode, "episode_return": episode_return,
             "max_return": max_return, "length": length, "env_task": env.unwrapped.task, "action_counts": action_counts}  # fmt: skip
 
@@ -536,6 +554,96 @@ def plot_heatmap(blocks: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------------------- videos
+VIDEO_SCALE = 3  # pair GIFs: 84 x 84 views shown at 252 x 252
+TILE_SCALE = 2  # mosaic tiles: 168 x 168
+LABEL_HEIGHT = 24
+FRAME_STRIDE = 2  # every second step: 25 frames per second of the simulator's 50
+
+
+def upscale(frame: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling: every pixel becomes a scale x scale block, so the agent's pixels stay crisp."""
+    return frame.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def draw_text(image: np.ndarray, lines: list[str], xy=(3, 2), fill=(255, 255, 255)) -> np.ndarray:
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((xy[0] + 1, xy[1] + 1 + 11 * i), line, fill=(0, 0, 0))  # a shadow keeps it readable on any colour
+        draw.text((xy[0], xy[1] + 11 * i), line, fill=fill)
+    return np.asarray(canvas)
+
+
+def pair_gif(recording: dict, label: str, path: Path, steps: int) -> None:
+    """The agent's view of one episode, upscaled, with the pair and the return so far drawn on it."""
+    frames = [draw_text(upscale(frame, VIDEO_SCALE), [label, f"return {ret:7.1f}"])
+              for frame, ret in zip(recording["frames"][: steps + 1 : FRAME_STRIDE], recording["returns"][: steps + 1 : FRAME_STRIDE])]  # fmt: skip
+    iio.imwrite(path, np.stack(frames), duration=40, loop=0)
+
+
+def mosaic_gif(rows: list[str], columns: list[str], tiles: dict, path: Path, steps: int, title: str) -> None:
+    """Encoders as rows, policies as columns, every pair on the same track in lockstep. `tiles[(i, j)]` is a
+    recording (frames, returns) or a reason string (refused: a labelled blank tile). A finished episode's tile
+    keeps its last frame, greyed."""
+    size = 84 * TILE_SCALE
+    length = min(steps + 1, max((len(t["frames"]) for t in tiles.values() if isinstance(t, dict)), default=1))
+    header = np.full((LABEL_HEIGHT, size * len(columns), 3), 30, dtype=np.uint8)
+    header = draw_text(header, [title[: size * len(columns) // 6]])
+    frames = []
+    for t in range(0, length, FRAME_STRIDE):
+        grid_rows = []
+        for i, row in enumerate(rows):
+            cells = []
+            for j, column in enumerate(columns):
+                tile = tiles.get((i, j), "no such pair")
+                band = np.full((LABEL_HEIGHT, size, 3), 30, dtype=np.uint8)
+                if isinstance(tile, str):
+                    image = np.full((size, size, 3), 90, dtype=np.uint8)
+                    image = draw_text(image, ["refused:"] + textwrap.wrap(tile, size // 6)[:6], xy=(3, 20))
+                else:
+                    k = min(t, len(tile["frames"]) - 1)
+                    image = upscale(tile["frames"][k], TILE_SCALE)
+                    if t >= len(tile["frames"]):  # the episode has ended: grey
+                        image = (image.mean(axis=2, keepdims=True).repeat(3, axis=2) * 0.5 + 60).astype(np.uint8)
+                    image = draw_text(image, [f"{tile['returns'][k]:.0f}"])
+                cells.append(np.concatenate([draw_text(band, [f"E: {row}"[: size // 6], f"P: {column}"[: size // 6]], xy=(2, 0)), image]))
+            grid_rows.append(np.concatenate(cells, axis=1))
+        frames.append(np.concatenate([header, *grid_rows], axis=0))
+    iio.imwrite(path, np.stack(frames), duration=40, loop=0)
+
+
+def write_videos(checkpoints: list[dict], pairs: list[dict], folder: Path, out_dir: Path, steps: int) -> list[Path]:
+    """Pair GIFs from the recorded first-track episodes, and one mosaic per block over that block's runs."""
+    videos = out_dir / "videos"
+    videos.mkdir(exist_ok=True)
+    names = [f"{c['config']} {c['kind']} s{c['metadata']['seed']}" for c in checkpoints]
+    written, blocks = [], {}
+    for index, pair in enumerate(pairs):
+        blocks.setdefault(pair["block"], []).append(index)
+        if pair["status"] == "evaluated":
+            with np.load(folder / f"frames_{index}.npz") as recording:
+                pair["recording"] = {"frames": recording["frames"], "returns": recording["returns"]}
+            slug = f"{pair['encoder_index']}-{pair['policy_index']}{'-translated' if pair['translated'] else ''}"
+            path = videos / f"pair_{slug}.gif"
+            pair_gif(pair["recording"], f"{names[pair['encoder_index']]} + {names[pair['policy_index']]}", path, steps)
+            written.append(path)
+    for block, indices in blocks.items():
+        encoders = sorted({pairs[i]["encoder_index"] for i in indices})
+        policies = sorted({pairs[i]["policy_index"] for i in indices})
+        tiles = {}
+        for i in indices:
+            key = (encoders.index(pairs[i]["encoder_index"]), policies.index(pairs[i]["policy_index"]))
+            tiles[key] = pairs[i].get("recording", pairs[i]["reason"])
+        path = videos / f"mosaic_{block.replace(' ', '_').replace(',', '').replace('+', 'plus')}.gif"
+        mosaic_gif([names[e] for e in encoders], [names[p] for p in policies], tiles, path, steps,
+                   f"{block}: rows encoders, columns policies")  # fmt: skip
+        written.append(path)
+    for pair in pairs:
+        pair.pop("recording", None)
+    return written
+
+
 # ------------------------------------------------------------------------------------------------- main
 def check_args(args: Args) -> None:
     for name, value, ok, accepted in (
@@ -548,6 +656,7 @@ def check_args(args: Args) -> None:
         ("--play-on", args.play_on, args.play_on in PLAY_ON, " or ".join(PLAY_ON)),
         ("--translate-method", args.translate_method, args.translate_method in TRANSLATE_METHODS, " or ".join(TRANSLATE_METHODS)),
         ("--translate-anchors", args.translate_anchors, 2 <= args.translate_anchors <= 4000, "an integer in [2, 4000]"),
+        ("--video-steps", args.video_steps, args.video_steps >= 1, "an integer >= 1"),
     ):  # fmt: skip
         if not ok:
             raise UserError(f"--{name.lstrip('-')} {value!r} is invalid; accepted: {accepted}")
@@ -625,15 +734,18 @@ def main(args: Args) -> None:
             translation = translation_paths.get((pair["encoder_index"], pair["policy_index"])) if pair["translated"] else None
             for track_seed in track_seeds:
                 for episode in range(args.episodes_per_track):
+                    record = args.videos and track_seed == track_seeds[0] and episode == 0
                     jobs.append(Job(pair["encoder_path"], pair["policy_path"], **pair["played_on"], actions=tuple(pair["actions"]),
                                     track_seed=track_seed, episode=episode, epsilon=args.epsilon, seed=args.seed,
-                                    max_episode_steps=args.max_episode_steps, translation_path=translation))  # fmt: skip
+                                    max_episode_steps=args.max_episode_steps, translation_path=translation,
+                                    frames_path=str(Path(folder) / f"frames_{index}.npz") if record else None))  # fmt: skip
                     job_pairs.append(index)
         print(f"{len(checkpoints)} checkpoints, {len(pairs) - len(refused)} pairs evaluated x {len(track_seeds)} track"
               f"{'s' if len(track_seeds) > 1 else ''} x {args.episodes_per_track} episode"
               f"{'s' if args.episodes_per_track > 1 else ''} = {len(jobs)} episodes, {len(refused)} pairs refused")  # fmt: skip
         for index, result in zip(job_pairs, evaluate(jobs, args.workers)):
             pairs[index]["episodes"].append(result)
+        videos = write_videos(checkpoints, pairs, Path(folder), out_dir, args.video_steps) if args.videos else []
     for pair in pairs:
         if pair["episodes"]:
             pair["summary"] = {f"{metric}_{stat}": float(fn([e[metric] for e in pair["episodes"]]))
@@ -686,7 +798,8 @@ def main(args: Args) -> None:
     plot_heatmap(blocks, out_dir / "stitch_heatmap.png")
     print(report)
     print("\n".join(merit_lines))
-    print(f"wrote {out_dir}/stitch_table.md, stitch_episodes.csv, stitch_results.json, stitch_heatmap.png")
+    print(f"wrote {out_dir}/stitch_table.md, stitch_episodes.csv, stitch_results.json, stitch_heatmap.png"
+          + (f" and {len(videos)} GIFs in {out_dir}/videos" if videos else ""))  # fmt: skip
 
 
 if __name__ == "__main__":

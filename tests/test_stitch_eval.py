@@ -323,3 +323,26 @@ def test_config_labels_leave_out_the_seed_and_name_what_varies():
     assert stitch_eval.config_labels([meta("green"), meta("green", task="slow"), meta("red", algorithm="ddqn")]) == [
         "green standard ppo", "green slow ppo", "red standard ddqn"]
     assert stitch_eval.config_labels([meta("green"), meta("green", view="far")]) == ["green near", "green far"]
+
+
+def test_videos_are_readable_gifs_of_the_expected_size_and_length(tmp_path):
+    import imageio.v3 as iio
+
+    runs = tmp_path / "runs"
+    save_agent_checkpoint(runs / "green" / "agent.pt", "green", seed=1)
+    save_agent_checkpoint(runs / "red" / "agent.pt", "red", seed=2)
+    save_agent_checkpoint(runs / "blue" / "agent.pt", "blue", seed=3, anchor_set_id="set-b")  # refused with the others
+    out = tmp_path / "out"
+    stitch_eval.main(Args(checkpoints=(str(runs / "*"),), num_tracks=2, max_episode_steps=9, workers=1, out_dir=str(out),
+                          videos=True))  # fmt: skip
+    videos = out / "videos"
+    pair_gifs = sorted(videos.glob("pair_*.gif"))
+    assert len(pair_gifs) == 5  # 2 x 2 set-a pairs and blue with itself; refused pairs have no episode to film
+    frames = iio.imread(pair_gifs[0], index=None)
+    assert frames.shape == (5, 84 * stitch_eval.VIDEO_SCALE, 84 * stitch_eval.VIDEO_SCALE, 3)  # steps 0, 2, ..., 8 of 9
+    (mosaic,) = videos.glob("mosaic_*.gif")
+    frames = iio.imread(mosaic, index=None)
+    tile, band = 84 * stitch_eval.TILE_SCALE, stitch_eval.LABEL_HEIGHT
+    assert frames.shape == (5, band + 3 * (band + tile), 3 * tile, 3)
+    assert not np.array_equal(frames[0], frames[-1])  # the tiles play
+    assert mosaic.stat().st_size < 5_000_000
