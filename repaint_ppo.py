@@ -158,12 +158,12 @@ RESUME_FREE_FLAGS = ("resume", "total_timesteps", "cuda", "torch_threads", "prec
 
 # ---- networks. layer_init, RelativeProjection, Encoder and Policy are ppo_relative.py's, with the same module and
 # ---- buffer names so that its checkpoints load as teachers (docs/checkpoints.md). Anchors here come from a
-# ---- checkpoint and stay fixed. `generator` lets the teacher be built without touching the global RNG.
+# ---- checkpoint and stay fixed.
 NATURE_CNN_LATENT = 64 * 7 * 7  # flattened Nature-CNN output at 84x84
 
 
-def layer_init(layer, std=2**0.5, bias_const=0.0, generator=None):
-    torch.nn.init.orthogonal_(layer.weight, std, generator=generator)
+def layer_init(layer, std=2**0.5, bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
 
@@ -205,13 +205,13 @@ class RelativeProjection(nn.Module):
 class Encoder(nn.Module):
     """Observation -> latent: the Nature CNN on every RGB frame of the stack, optionally projected on anchors."""
 
-    def __init__(self, frame_stack=1, relative=True, num_anchors=3136, standardize=False, generator=None):
+    def __init__(self, frame_stack=1, relative=True, num_anchors=3136, standardize=False):
         super().__init__()
         self.frame_stack = frame_stack
         self.cnn = nn.Sequential(
-            layer_init(nn.Conv2d(3, 32, 8, stride=4), generator=generator), nn.ReLU(),
-            layer_init(nn.Conv2d(32, 64, 4, stride=2), generator=generator), nn.ReLU(),
-            layer_init(nn.Conv2d(64, 64, 3, stride=1), generator=generator), nn.Flatten(),
+            layer_init(nn.Conv2d(3, 32, 8, stride=4)), nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.Flatten(),
         )  # fmt: skip
         self.projection = RelativeProjection(num_anchors, NATURE_CNN_LATENT, standardize) if relative else None
         self.latent_dim = frame_stack * (num_anchors if relative else NATURE_CNN_LATENT)
@@ -227,12 +227,11 @@ class Encoder(nn.Module):
 class Policy(nn.Module):
     """Controller on top of the encoder: LayerNorm -> ReLU -> Linear(512) -> ReLU -> actor and critic heads."""
 
-    def __init__(self, latent_dim: int, num_actions: int, generator=None):
+    def __init__(self, latent_dim: int, num_actions: int):
         super().__init__()
-        self.trunk = nn.Sequential(nn.LayerNorm(latent_dim), nn.ReLU(),
-                                   layer_init(nn.Linear(latent_dim, 512), generator=generator), nn.ReLU())
-        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01, generator=generator)
-        self.critic = layer_init(nn.Linear(512, 1), std=1.0, generator=generator)
+        self.trunk = nn.Sequential(nn.LayerNorm(latent_dim), nn.ReLU(), layer_init(nn.Linear(latent_dim, 512)), nn.ReLU())
+        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1.0)
 
     def forward(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.trunk(latent)
@@ -242,14 +241,14 @@ class Policy(nn.Module):
 class MLPPolicy(nn.Module):
     """Gridworld actor-critic: separate tanh MLPs for the actor and the critic (CleanRL's ppo.py)."""
 
-    def __init__(self, obs_dim: int, num_actions: int, hidden_size: int, generator=None):
+    def __init__(self, obs_dim: int, num_actions: int, hidden_size: int):
         super().__init__()
 
         def mlp(out_size, out_std):
             return nn.Sequential(
-                layer_init(nn.Linear(obs_dim, hidden_size), generator=generator), nn.Tanh(),
-                layer_init(nn.Linear(hidden_size, hidden_size), generator=generator), nn.Tanh(),
-                layer_init(nn.Linear(hidden_size, out_size), std=out_std, generator=generator),
+                layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh(),
+                layer_init(nn.Linear(hidden_size, hidden_size)), nn.Tanh(),
+                layer_init(nn.Linear(hidden_size, out_size), std=out_std),
             )  # fmt: skip
 
         self.actor, self.critic = mlp(num_actions, 0.01), mlp(1, 1.0)
@@ -385,14 +384,14 @@ def advantages_of(agent: Agent, batch: dict, args: Args):
     return advantages, returns, values
 
 
-def build_agent(metadata: dict, generator=None) -> Agent:
+def build_agent(metadata: dict) -> Agent:
     """Networks from a checkpoint's metadata (docs/checkpoints.md for carracing)."""
     if "observation_shape" in metadata:  # gridworld
-        policy = MLPPolicy(metadata["observation_shape"][0], metadata["num_actions"], metadata["hidden_size"], generator)
+        policy = MLPPolicy(metadata["observation_shape"][0], metadata["num_actions"], metadata["hidden_size"])
         return Agent(nn.Identity(), policy)
     encoder = Encoder(metadata["frame_stack"], metadata["relative"], metadata["num_anchors"] or NATURE_CNN_LATENT,
-                      metadata["anchor_standardize"], generator)
-    return Agent(encoder, Policy(encoder.latent_dim, metadata["num_actions"], generator))
+                      metadata["anchor_standardize"])
+    return Agent(encoder, Policy(encoder.latent_dim, metadata["num_actions"]))
 
 
 def read_checkpoint(path: str, flag: str) -> dict:
@@ -412,7 +411,8 @@ def read_checkpoint(path: str, flag: str) -> dict:
 
 def load_teacher(args: Args, envs, device) -> tuple[Agent, dict]:
     """The frozen teacher and its metadata; a checkpoint that cannot serve this target task raises a one-line reason.
-    Built with its own generator: loading a teacher leaves the global RNG, and so the student, untouched."""
+    Built inside torch.random.fork_rng (every layer's default init draws from the global RNG before the checkpoint
+    overwrites it): loading a teacher leaves the global RNG, and so the student's initial weights, untouched."""
     path = args.teacher
     checkpoint = read_checkpoint(path, "--teacher")
     metadata = checkpoint["metadata"]
@@ -432,7 +432,8 @@ def load_teacher(args: Args, envs, device) -> tuple[Agent, dict]:
     if teacher_actions != target_actions:
         raise ValueError(f"--teacher {path!r} acts with {teacher_actions[0]} {teacher_actions[1]} but the target task "
                          f"acts with {target_actions[0]} {target_actions[1]}; accepted: a teacher with its action space")
-    teacher = build_agent(metadata, torch.Generator().manual_seed(args.seed))
+    with torch.random.fork_rng(devices=[]):
+        teacher = build_agent(metadata)
     try:
         teacher.encoder.load_state_dict(checkpoint["encoder"])
         teacher.policy.load_state_dict(checkpoint["policy"])
@@ -568,7 +569,6 @@ if __name__ == "__main__":
             agent.policy.load_state_dict(checkpoint["policy"])
             optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng_state"])
-            np.random.set_state(("MT19937", state["numpy_rng_state"].numpy().astype(np.uint32), *state["numpy_rng_pos"]))
             teacher_generator.set_state(state["teacher_rng_state"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             fail(f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
@@ -581,10 +581,8 @@ if __name__ == "__main__":
     checkpoint_path = os.path.join(run_dir, AGENT_FILE)
 
     def write_checkpoint(iteration: int, step: int) -> None:
-        _, keys, *pos = np.random.get_state()
         training_state = {"optimizer": optimizer.state_dict(), "iteration": iteration, "teacher_steps": teacher_steps,
-                          "torch_rng_state": torch.get_rng_state(), "numpy_rng_state": torch.from_numpy(keys.astype(np.int64)),
-                          "numpy_rng_pos": tuple(pos), "teacher_rng_state": teacher_generator.get_state()}
+                          "torch_rng_state": torch.get_rng_state(), "teacher_rng_state": teacher_generator.get_state()}
         payload = agent_payload(agent.encoder, agent.policy, dict(metadata, global_step=step), training_state)
         save_atomic(payload if args.env == "carracing" else dict(payload, format=GRIDWORLD_FORMAT), checkpoint_path)
 

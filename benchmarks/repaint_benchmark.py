@@ -5,7 +5,7 @@ Not a test: run it by hand (about an hour on two shared CPU cores; resumable: fi
 
     nice -n 10 python benchmarks/repaint_benchmark.py
 
-1. Teachers (`repaint_ppo.py --transfer none`, 8192 steps, seed 7): ``similar`` (goal one cell from the target's),
+1. Teachers (`repaint_ppo.py --transfer none`, 8192 steps, seed 1): ``similar`` (goal one cell from the target's),
    ``different`` (goal (0, 4): the target's corridor, then the wrong side of the room; the analogue of the REPAINT
    paper's inner-lane teacher for an outer-lane student) and ``useless`` (an untrained network: learning rate 0).
 2. Students on ``target`` with seeds 1..`--seeds`, paired across modes (same initial weights and draws for a seed):
@@ -67,6 +67,8 @@ class Args:
     """student steps per run (8 envs x 32 steps per iteration: 40 iterations)"""
     teacher_timesteps: int = 8192
     """steps of each teacher's training"""
+    teacher_seed: int = 1
+    """seed of the teachers' training"""
     threshold: float = 0.9
     """K is the first iteration whose score reaches this fraction of the optimum 0.88"""
     smooth: int = 3
@@ -122,7 +124,8 @@ def main(args: Args):
     started = time.time()
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="repaint-benchmark-")
     cache_path = os.path.splitext(args.out)[0] + ".json"
-    settings = {"total_timesteps": args.total_timesteps, "teacher_timesteps": args.teacher_timesteps}
+    settings = {"total_timesteps": args.total_timesteps, "teacher_timesteps": args.teacher_timesteps,
+                "teacher_seed": args.teacher_seed}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
     if cache.get("settings") != settings:
@@ -145,7 +148,7 @@ def main(args: Args):
     jobs = {}
     for name, options in TEACHERS.items():
         submit(jobs, f"teacher {name}", [*common, *options, "--total-timesteps", str(args.teacher_timesteps),
-                                         "--seed", "7", "--exp-name", f"teacher_{name}"])
+                                         "--seed", str(args.teacher_seed), "--exp-name", f"teacher_{name}"])
     collect(jobs)
     student = [*common, "--task", "target", "--total-timesteps", str(args.total_timesteps)]
     seeds = range(1, args.seeds + 1)
@@ -183,12 +186,12 @@ def main(args: Args):
     lines = [
         "REPAINT benchmark: transfer gridworld (envs/transfer_gridworld.py), student task 'target' (optimum 0.88)",
         f"command: nice -n 10 python benchmarks/repaint_benchmark.py --seeds {args.seeds} --total-timesteps "
-        f"{args.total_timesteps} --threshold {args.threshold}" + ("" if args.sweeps else " --no-sweeps"),
+        f"{args.total_timesteps} --teacher-seed {args.teacher_seed} --threshold {args.threshold}" + ("" if args.sweeps else " --no-sweeps"),
         f"seeds 1..{args.seeds} per mode, paired across modes; {num_iterations} iterations of 8 envs x 32 steps; "
         f"score = {args.smooth}-iteration moving average of the training episodic return, per seed",
         f"threshold = {args.threshold} x 0.88 = {target:.3f}; K = first iteration with score >= threshold ('-': not "
         f"within {num_iterations}); final eval = one deterministic (argmax) episode after training",
-        "teachers (plain PPO, seed 7), deterministic return on their own task: "
+        f"teachers (plain PPO, seed {args.teacher_seed}), deterministic return on their own task: "
         + ", ".join(f"{name} {done[f'teacher {name}']['eval']:.3f}" for name in TEACHERS),
         "", *header, row("no teacher: none", "none", "-"),
     ]
