@@ -443,51 +443,18 @@ def load_teacher(args: Args, envs, device) -> tuple[Agent, dict]:
     return teacher.to(device).eval().requires_grad_(False), metadata
 
 
-def student_metadata(args: Args, envs, teacher_metadata: Optional[dict]) -> dict:
-    """This run's checkpoint metadata, which also describes the student's networks. With warm_start the student takes
-    the teacher's architecture (on carracing a relative teacher's anchors stay frozen); otherwise its encoder is absolute."""
-    common = dict(algorithm="repaint", task=args.task, num_actions=int(envs.single_action_space.n), seed=args.seed,
-                  global_step=0, args=asdict(args))
-    warm = teacher_metadata if args.transfer == "warm_start" else None
-    if args.env == "gridworld":
-        return dict(common, env="gridworld", observation_shape=list(envs.single_observation_space.shape),
-                    hidden_size=warm["hidden_size"] if warm else args.hidden_size)
-    relative, num_anchors = (warm["relative"], warm["num_anchors"]) if warm else (False, None)
-    frame_latent = num_anchors if relative else NATURE_CNN_LATENT
-    return dict(common, bg_color=args.bg_color, view=args.view, reward=args.reward, frame_stack=args.frame_stack,
-                relative=relative, anchor_set_id=warm["anchor_set_id"] if warm else None, num_anchors=num_anchors,
-                anchor_standardize=warm["anchor_standardize"] if warm else False, latent_dim=args.frame_stack * frame_latent)
-
-
-def resumed_args(cli: Args, stored: dict) -> Args:
-    """The checkpoint's Args (nanoGPT-style resume), except the RESUME_FREE_FLAGS given on the command line.
-    Any other flag given with a value unlike the checkpoint's is an error."""
-    defaults, values = Args(), {}
-    free = ", ".join("--" + name.replace("_", "-") for name in RESUME_FREE_FLAGS[1:])
-    for f in fields(Args):
-        given = getattr(cli, f.name)
-        if f.name in RESUME_FREE_FLAGS or f.name not in stored:
-            values[f.name] = given if given != getattr(defaults, f.name) or f.name not in stored else stored[f.name]
-        elif given != getattr(defaults, f.name) and given != stored[f.name]:
-            raise ValueError(f"--{f.name.replace('_', '-')} {given!r} differs from the resumed run's {stored[f.name]!r}; "
-                             f"accepted: leave it out or pass the stored value (only {free} may change)")
-        else:
-            values[f.name] = stored[f.name]
-    return Args(**values)
-
-
 def validate(args: Args) -> None:
     """Fill the defaults that depend on --env and raise a one-line ValueError naming the first bad flag."""
-    for flag, value, accepted in (("--env", args.env, ENVS), ("--transfer", args.transfer, TRANSFERS),
-                                  ("--beta-schedule", args.beta_schedule, BETA_SCHEDULES), ("--precision", args.precision, PRECISIONS),
-                                  ("--teacher-adv-norm", args.teacher_adv_norm, TEACHER_ADV_NORMS),
-                                  ("--view", args.view, tuple(car_racing.VIEWS)), ("--reward", args.reward, car_racing.REWARDS)):
+    choices = {"env": ENVS, "transfer": TRANSFERS, "beta_schedule": BETA_SCHEDULES, "precision": PRECISIONS,
+               "teacher_adv_norm": TEACHER_ADV_NORMS, "view": tuple(car_racing.VIEWS), "reward": car_racing.REWARDS}
+    for flag, value, accepted in ((f"--{k.replace('_', '-')}", getattr(args, k), v) for k, v in choices.items()):
         if value not in accepted:
             raise ValueError(f"unknown {flag} {value!r}; accepted: {', '.join(accepted)}")
     if args.env == "gridworld":
         args.task = args.task or "target"
         if args.task not in transfer_gridworld.TASKS:
-            raise ValueError(f"unknown --task {args.task!r} for --env gridworld; accepted: {', '.join(transfer_gridworld.TASKS)}")
+            tasks = ", ".join(transfer_gridworld.TASKS)
+            raise ValueError(f"unknown --task {args.task!r} for --env gridworld; accepted: {tasks}")
         if args.reward != "standard" or args.view != "near":
             raise ValueError("--reward and --view apply to --env carracing only; accepted on gridworld: their defaults")
     else:
@@ -499,7 +466,8 @@ def validate(args: Args) -> None:
     if (args.transfer == "none") == bool(args.teacher):
         raise ValueError(f"--transfer {args.transfer} with --teacher {args.teacher!r}; accepted: a --teacher PATH with "
                          "ks, it, repaint or warm_start, and no teacher with none")
-    args.learning_rate = args.learning_rate if args.learning_rate is not None else (1e-3 if args.env == "gridworld" else 2.5e-4)
+    if args.learning_rate is None:
+        args.learning_rate = 1e-3 if args.env == "gridworld" else 2.5e-4
     checks = [(getattr(args, name) >= 1, name, "an integer >= 1") for name in (
         "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads", "hidden_size", "frame_stack",
         "beta_decay_iterations")]  # fmt: skip
@@ -523,7 +491,20 @@ if __name__ == "__main__":
             if checkpoint["metadata"].get("algorithm") != "repaint" or "optimizer" not in checkpoint["training_state"]:
                 raise ValueError(f"--resume {args.resume!r} holds a {checkpoint['metadata'].get('algorithm')!r} run "
                                  "without REPAINT's training state; accepted: a checkpoint written by repaint_ppo.py")
-            args = resumed_args(args, checkpoint["metadata"]["args"])
+            # nanoGPT-style: the checkpoint's flags, except the RESUME_FREE_FLAGS given on the command line
+            stored, defaults, values = checkpoint["metadata"]["args"], Args(), {}
+            for f in fields(Args):
+                given = getattr(args, f.name)
+                if f.name in RESUME_FREE_FLAGS or f.name not in stored:
+                    values[f.name] = stored[f.name] if given == getattr(defaults, f.name) and f.name in stored else given
+                elif given not in (getattr(defaults, f.name), stored[f.name]):
+                    free = ", ".join("--" + name.replace("_", "-") for name in RESUME_FREE_FLAGS[1:])
+                    raise ValueError(f"--{f.name.replace('_', '-')} {given!r} differs from the resumed run's "
+                                     f"{stored[f.name]!r}; accepted: leave it out or pass the stored value "
+                                     f"(only {free} may change)")
+                else:
+                    values[f.name] = stored[f.name]
+            args = Args(**values)
         validate(args)
         num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)
         start_iteration = 1 if checkpoint is None else checkpoint["training_state"]["iteration"] + 1
@@ -532,7 +513,8 @@ if __name__ == "__main__":
                              f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it")
         if checkpoint is None:
             env_name = f"{args.env}-{args.task}" + (f"-{args.view}-{args.reward}" if args.env == "carracing" else "")
-            run_dir = os.path.join(args.runs_dir, f"{env_name}__{args.exp_name}__{args.transfer}__{args.seed}__{int(time.time())}")
+            run_name = f"{env_name}__{args.exp_name}__{args.transfer}__{args.seed}__{int(time.time())}"
+            run_dir = os.path.join(args.runs_dir, run_name)
             ensure_writable_dir(args.runs_dir, "--runs-dir")
         else:  # continue logging next to the checkpoint
             run_dir = os.path.abspath(args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume))
@@ -553,7 +535,20 @@ if __name__ == "__main__":
     teacher_generator = torch.Generator(device).manual_seed(args.seed + 1)
     uses_ks, uses_it = args.transfer in ("ks", "repaint"), args.transfer in ("it", "repaint")
 
-    metadata = student_metadata(args, envs, teacher_metadata)
+    # the checkpoint's metadata, which also describes the student's networks: its encoder is absolute, except with
+    # warm_start, where the student takes the teacher's architecture (a relative teacher's anchors then stay frozen)
+    metadata = dict(algorithm="repaint", task=args.task, num_actions=int(envs.single_action_space.n), seed=args.seed,
+                    global_step=0, args=asdict(args))
+    warm = teacher_metadata if args.transfer == "warm_start" else None
+    if args.env == "gridworld":
+        metadata.update(env="gridworld", observation_shape=list(envs.single_observation_space.shape),
+                        hidden_size=warm["hidden_size"] if warm else args.hidden_size)
+    else:
+        keys = ("relative", "num_anchors", "anchor_set_id", "anchor_standardize")
+        metadata.update({k: warm[k] for k in keys} if warm else dict(zip(keys, (False, None, None, False))))
+        frame_latent = metadata["num_anchors"] if metadata["relative"] else NATURE_CNN_LATENT
+        metadata.update(bg_color=args.bg_color, view=args.view, reward=args.reward, frame_stack=args.frame_stack,
+                        latent_dim=args.frame_stack * frame_latent)
     agent = build_agent(metadata).to(device)
     if args.transfer == "warm_start":  # the paper's extra baseline: start from the teacher's weights
         agent.load_state_dict(teacher.state_dict())
@@ -640,7 +635,8 @@ if __name__ == "__main__":
                 kept = select_teacher_samples(teacher_advantages, teacher_batch["valid"], args.zeta).reshape(-1)
                 t_obs = teacher_batch["obs"].flatten(0, 1)[kept]
                 t_actions, t_logprobs = teacher_batch["actions"].reshape(-1)[kept], teacher_batch["logprobs"].reshape(-1)[kept]
-                scale = teacher_advantage_scale(teacher_advantages, teacher_batch["valid"], b_advantages, args.teacher_adv_norm)
+                scale = teacher_advantage_scale(teacher_advantages, teacher_batch["valid"], b_advantages,
+                                                args.teacher_adv_norm)
                 t_advantages = teacher_advantages.reshape(-1)[kept] / scale
                 kept_fraction = kept.sum().item() / max(teacher_batch["valid"].sum().item(), 1.0)
 
@@ -690,7 +686,8 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/episodic_length", episodic_length, global_step)
             for episodic_return, _ in teacher_episode_stats:
                 writer.add_scalar("charts/teacher_episodic_return", episodic_return, global_step)
-            scalars = {"charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/SPS": sps, "charts/iteration": iteration,
+            scalars = {"charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/SPS": sps,
+                       "charts/iteration": iteration,
                        "losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item(),
                        "losses/entropy": entropy.item(), "losses/approx_kl": approx_kl.item(),
                        "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var}
