@@ -13,7 +13,9 @@ table and skipped when the same command runs again),
 2. Students on outer_lane, seeds 1..`--seeds` paired across modes: none, ks, it, repaint, warm_start, same flags.
 3. Score of an iteration: mean return of the student's episodes that ended in it, carried forward over iterations
    where none ended, smoothed over `--smooth` iterations, per seed; K = first iteration at which it reaches
-   `--threshold`. Each run ends with `--eval-episodes` deterministic episodes on the same tracks for every run.
+   `--threshold`. CarRacing episodes last 1000 steps (unless the car leaves the playfield), so K needs a budget of
+   several 1000 steps per environment; the table counts the iterations in which an episode finished. Each run
+   ends with `--eval-episodes` deterministic episodes on the same tracks for every run.
 
 Writes benchmarks/results/repaint_lanes.txt (and the runs to repaint_lanes.json).
 """
@@ -104,8 +106,8 @@ def main(args: Args):
     todo = {}
     for reward in ("inner_lane", "outer_lane"):
         todo[f"teacher on {reward}"] = [*common, "--reward", reward, "--transfer", "warm_start", "--teacher", args.teacher,
-                                        "--learning-rate", "0", "--num-steps", "32", "--total-timesteps", str(32 * args.num_envs),
-                                        "--exp-name", "teacher_eval"]
+                                        "--learning-rate", "0", "--num-steps", "32", "--exp-name", "teacher_eval",
+                                        "--total-timesteps", str(32 * args.num_envs)]
     for seed in range(1, args.seeds + 1):  # seed-major: every mode of a seed finishes before the next seed starts
         for mode in MODES:
             argv = [*common, "--reward", "outer_lane", "--seed", str(seed), "--transfer", mode, "--num-steps",
@@ -128,7 +130,7 @@ def main(args: Args):
         f"command: nice -n 10 python benchmarks/repaint_lanes.py --teacher {args.teacher} --seeds {args.seeds} "
         f"--total-timesteps {args.total_timesteps} --num-envs {args.num_envs} --num-steps {args.num_steps} "
         f"--teacher-num-steps {args.teacher_num_steps} --threshold {args.threshold} --eval-episodes {args.eval_episodes}",
-        f"budget: {args.total_timesteps} student steps = {args.total_timesteps // (args.num_envs * args.num_steps)} iterations "
+        f"budget: {args.total_timesteps} student steps = {args.total_timesteps // (args.num_envs * args.num_steps)} iter. "
         f"of {args.num_envs} envs x {args.num_steps} steps per run (it, repaint: + {args.num_envs} x {args.teacher_num_steps} "
         f"teacher steps per iteration); seeds 1..{args.seeds}, paired across modes",
         f"threshold: smoothed ({args.smooth} iterations) outer-lane training return >= {args.threshold}; "
@@ -137,9 +139,9 @@ def main(args: Args):
             f"{reward} {done[f'teacher on {reward}']['eval']:.1f} +- {done[f'teacher on {reward}']['eval_std']:.1f}"
             for reward in ("inner_lane", "outer_lane")),
         "",
-        "| mode | K mean +- std (reached) | K per seed | best smoothed return per seed | final eval per seed | "
-        "final eval mean +- std | SPS |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | K mean +- std (reached) | K per seed | iterations with a finished episode, per seed | "
+        "best smoothed return per seed | final eval per seed | final eval mean +- std | SPS |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mode in MODES:
         runs = [done[f"{mode} {s}"] for s in seeds]
@@ -148,10 +150,15 @@ def main(args: Args):
         reached = [k for k in ks if k is not None]
         k_text = (f"{np.mean(reached):.1f} +- {np.std(reached):.1f}" if reached else "-") + f" ({len(reached)}/{len(ks)})"
         evals = [r["eval"] for r in runs]
-        lines.append(f"| {mode} | {k_text} | {' '.join('-' if k is None else str(k) for k in ks)} | "
-                     f"{' '.join(f'{c.max():.0f}' for c in curves)} | {' '.join(f'{e:.0f}' for e in evals)} | "
+        ended = " ".join(str(sum(not math.isnan(x) for x in r["returns"])) for r in runs)
+        best = " ".join("-" if not np.isfinite(c.max()) else f"{c.max():.0f}" for c in curves)
+        lines.append(f"| {mode} | {k_text} | {' '.join('-' if k is None else str(k) for k in ks)} | {ended} | "
+                     f"{best} | {' '.join(f'{e:.0f}' for e in evals)} | "
                      f"{np.mean(evals):.1f} +- {np.std(evals):.1f} | {np.mean([r['sps'] for r in runs]):.0f} |")
-    lines += ["", f"wall-clock of this invocation: {(time.time() - started) / 60:.1f} min; per run: "
+    cache["minutes"] = cache.get("minutes", 0.0) + (time.time() - started) / 60
+    with open(cache_path, "w") as f:
+        json.dump(cache, f)
+    lines += ["", f"wall-clock: {cache['minutes']:.1f} min over the invocations that ran these runs; per run: "
               + ", ".join(f"{k} {v['minutes']:.0f}" for k, v in done.items()) + " min"]
     text = "\n".join(lines)
     print(text)
