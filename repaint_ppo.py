@@ -443,45 +443,6 @@ def load_teacher(args: Args, envs, device) -> tuple[Agent, dict]:
     return teacher.to(device).eval().requires_grad_(False), metadata
 
 
-def validate(args: Args) -> None:
-    """Fill the defaults that depend on --env and raise a one-line ValueError naming the first bad flag."""
-    choices = {"env": ENVS, "transfer": TRANSFERS, "beta_schedule": BETA_SCHEDULES, "precision": PRECISIONS,
-               "teacher_adv_norm": TEACHER_ADV_NORMS, "view": tuple(car_racing.VIEWS), "reward": car_racing.REWARDS}
-    for flag, value, accepted in ((f"--{k.replace('_', '-')}", getattr(args, k), v) for k, v in choices.items()):
-        if value not in accepted:
-            raise ValueError(f"unknown {flag} {value!r}; accepted: {', '.join(accepted)}")
-    if args.env == "gridworld":
-        args.task = args.task or "target"
-        if args.task not in transfer_gridworld.TASKS:
-            tasks = ", ".join(transfer_gridworld.TASKS)
-            raise ValueError(f"unknown --task {args.task!r} for --env gridworld; accepted: {tasks}")
-        if args.reward != "standard" or args.view != "near":
-            raise ValueError("--reward and --view apply to --env carracing only; accepted on gridworld: their defaults")
-    else:
-        args.view, args.task = car_racing.resolve_view_task(args.view, args.task or "standard")  # task 'far': alias
-        try:
-            car_racing.parse_bg_color(args.bg_color)
-        except ValueError as e:
-            raise ValueError(f"bad --bg-color: {e}") from None
-    if (args.transfer == "none") == bool(args.teacher):
-        raise ValueError(f"--transfer {args.transfer} with --teacher {args.teacher!r}; accepted: a --teacher PATH with "
-                         "ks, it, repaint or warm_start, and no teacher with none")
-    if args.learning_rate is None:
-        args.learning_rate = 1e-3 if args.env == "gridworld" else 2.5e-4
-    checks = [(getattr(args, name) >= 1, name, "an integer >= 1") for name in (
-        "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads", "hidden_size", "frame_stack",
-        "beta_decay_iterations")]  # fmt: skip
-    checks += [(getattr(args, name) >= 0, name, "a number >= 0") for name in (
-        "beta", "alpha_ins", "learning_rate", "clip_coef", "save_every", "eval_episodes")]  # fmt: skip
-    checks += [(0.0 < args.beta_decay <= 1.0, "beta_decay", "a number in (0, 1]"),
-               (args.teacher_num_steps is None or args.teacher_num_steps >= 1, "teacher_num_steps", "an integer >= 1"),
-               (args.total_timesteps >= args.num_envs * args.num_steps, "total_timesteps",
-                f"at least --num-envs * --num-steps = {args.num_envs * args.num_steps} (one iteration)")]
-    for ok, name, accepted in checks:
-        if not ok:
-            raise ValueError(f"bad --{name.replace('_', '-')} {getattr(args, name)!r}; accepted: {accepted}")
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
     try:
@@ -505,7 +466,42 @@ if __name__ == "__main__":
                 else:
                     values[f.name] = stored[f.name]
             args = Args(**values)
-        validate(args)
+        # validate the flags (one-line ValueError naming the first bad one) and fill the defaults that depend on --env
+        choices = {"env": ENVS, "transfer": TRANSFERS, "beta_schedule": BETA_SCHEDULES, "precision": PRECISIONS,
+                   "teacher_adv_norm": TEACHER_ADV_NORMS, "view": tuple(car_racing.VIEWS), "reward": car_racing.REWARDS}
+        for flag, value, accepted in ((f"--{k.replace('_', '-')}", getattr(args, k), v) for k, v in choices.items()):
+            if value not in accepted:
+                raise ValueError(f"unknown {flag} {value!r}; accepted: {', '.join(accepted)}")
+        if args.env == "gridworld":
+            args.task = args.task or "target"
+            if args.task not in transfer_gridworld.TASKS:
+                tasks = ", ".join(transfer_gridworld.TASKS)
+                raise ValueError(f"unknown --task {args.task!r} for --env gridworld; accepted: {tasks}")
+            if args.reward != "standard" or args.view != "near":
+                raise ValueError("--reward and --view apply to --env carracing only; accepted on gridworld: their defaults")
+        else:
+            args.view, args.task = car_racing.resolve_view_task(args.view, args.task or "standard")  # task 'far': alias
+            try:
+                car_racing.parse_bg_color(args.bg_color)
+            except ValueError as e:
+                raise ValueError(f"bad --bg-color: {e}") from None
+        if (args.transfer == "none") == bool(args.teacher):
+            raise ValueError(f"--transfer {args.transfer} with --teacher {args.teacher!r}; accepted: a --teacher PATH with "
+                             "ks, it, repaint or warm_start, and no teacher with none")
+        if args.learning_rate is None:
+            args.learning_rate = 1e-3 if args.env == "gridworld" else 2.5e-4
+        checks = [(getattr(args, name) >= 1, name, "an integer >= 1") for name in (
+            "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads", "hidden_size", "frame_stack",
+            "beta_decay_iterations")]  # fmt: skip
+        checks += [(getattr(args, name) >= 0, name, "a number >= 0") for name in (
+            "beta", "alpha_ins", "learning_rate", "clip_coef", "save_every", "eval_episodes")]  # fmt: skip
+        checks += [(0.0 < args.beta_decay <= 1.0, "beta_decay", "a number in (0, 1]"),
+                   (args.teacher_num_steps is None or args.teacher_num_steps >= 1, "teacher_num_steps", "an integer >= 1"),
+                   (args.total_timesteps >= args.num_envs * args.num_steps, "total_timesteps",
+                    f"at least --num-envs * --num-steps = {args.num_envs * args.num_steps} (one iteration)")]
+        for ok, name, accepted in checks:
+            if not ok:
+                raise ValueError(f"bad --{name.replace('_', '-')} {getattr(args, name)!r}; accepted: {accepted}")
         num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)
         start_iteration = 1 if checkpoint is None else checkpoint["training_state"]["iteration"] + 1
         if start_iteration > num_iterations:

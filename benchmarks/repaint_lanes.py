@@ -20,6 +20,7 @@ table and skipped when the same command runs again),
 Writes benchmarks/results/repaint_lanes.txt (and the runs to repaint_lanes.json).
 """
 
+import glob
 import json
 import math
 import os
@@ -60,6 +61,9 @@ class Args:
     """moving-average window (iterations) of the per-seed score curves"""
     eval_episodes: int = 3
     """deterministic evaluation episodes at the end of every run"""
+    eval_checkpoints: int = 0
+    """if > 0: also score every student's final checkpoint on this many tracks (10000, 10001, ...), with a
+    one-iteration `--transfer warm_start --learning-rate 0` run that leaves its weights unchanged"""
     runs_dir: str = os.path.join(REPO_ROOT, "runs", "repaint_lanes")
     """where the runs go"""
     out: str = os.path.join(REPO_ROOT, "benchmarks", "results", "repaint_lanes.txt")
@@ -125,11 +129,30 @@ def main(args: Args):
                   f"SPS {done[key]['sps']}", flush=True)
 
     seeds = range(1, args.seeds + 1)
+    if args.eval_checkpoints:
+        todo = {}
+        for key in (f"{mode} {seed}" for seed in seeds for mode in MODES):
+            mode, seed = key.split()
+            pattern = os.path.join(args.runs_dir, f"*__lanes_{mode}__{mode}__{seed}__*", "agent.pt")
+            if f"{key} eval{args.eval_checkpoints}" not in done:
+                checkpoint = max(glob.glob(pattern), key=os.path.getmtime)
+                todo[f"{key} eval{args.eval_checkpoints}"] = [
+                    *common[:-2], "--eval-episodes", str(args.eval_checkpoints), "--reward", "outer_lane", "--transfer",
+                    "warm_start", "--teacher", checkpoint, "--learning-rate", "0", "--num-steps", "32",
+                    "--total-timesteps", str(32 * args.num_envs), "--exp-name", "student_eval"]  # fmt: skip
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = {key: pool.submit(run, argv) for key, argv in todo.items()}
+            for key, future in futures.items():
+                done[key] = future.result()
+                with open(cache_path, "w") as f:
+                    json.dump(cache, f)
+                print(f"{key}: {done[key]['eval']:.1f} +- {done[key]['eval_std']:.1f}", flush=True)
     lines = [
         "REPAINT on the CarRacing lanes: inner_lane teacher -> outer_lane student (envs/car_racing.py, reward=)",
         f"command: nice -n 10 python benchmarks/repaint_lanes.py --teacher {args.teacher} --seeds {args.seeds} "
         f"--total-timesteps {args.total_timesteps} --num-envs {args.num_envs} --num-steps {args.num_steps} "
-        f"--teacher-num-steps {args.teacher_num_steps} --threshold {args.threshold} --eval-episodes {args.eval_episodes}",
+        f"--teacher-num-steps {args.teacher_num_steps} --threshold {args.threshold} --eval-episodes {args.eval_episodes}"
+        + (f" --eval-checkpoints {args.eval_checkpoints}" if args.eval_checkpoints else ""),
         f"budget: {args.total_timesteps} student steps = {args.total_timesteps // (args.num_envs * args.num_steps)} iter. "
         f"of {args.num_envs} envs x {args.num_steps} steps per run (it, repaint: + {args.num_envs} x {args.teacher_num_steps} "
         f"teacher steps per iteration); seeds 1..{args.seeds}, paired across modes",
@@ -143,6 +166,7 @@ def main(args: Args):
         "best smoothed return per seed | final eval per seed | final eval mean +- std | SPS |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    n = args.eval_checkpoints
     for mode in MODES:
         runs = [done[f"{mode} {s}"] for s in seeds]
         curves = [score_curve(r["returns"], args.smooth) for r in runs]
@@ -155,6 +179,16 @@ def main(args: Args):
         lines.append(f"| {mode} | {k_text} | {' '.join('-' if k is None else str(k) for k in ks)} | {ended} | "
                      f"{best} | {' '.join(f'{e:.0f}' for e in evals)} | "
                      f"{np.mean(evals):.1f} +- {np.std(evals):.1f} | {np.mean([r['sps'] for r in runs]):.0f} |")
+    if n:
+        lines += ["", f"Final checkpoints, deterministic return on tracks 10000..{10000 + n - 1} (mean +- std over the {n} "
+                  "tracks per seed; last column: mean +- std of the per-seed means):", "",
+                  "| mode | " + " | ".join(f"seed {s}" for s in seeds) + " | over seeds |",
+                  "|---|" + "---|" * (len(seeds) + 1)]
+        for mode in MODES:
+            per_seed = [done[f"{mode} {s} eval{n}"] for s in seeds]
+            means = [r["eval"] for r in per_seed]
+            lines.append(f"| {mode} | " + " | ".join(f"{r['eval']:.1f} +- {r['eval_std']:.1f}" for r in per_seed)
+                         + f" | {np.mean(means):.1f} +- {np.std(means):.1f} |")
     cache["minutes"] = cache.get("minutes", 0.0) + (time.time() - started) / 60
     with open(cache_path, "w") as f:
         json.dump(cache, f)

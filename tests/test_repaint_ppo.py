@@ -166,8 +166,7 @@ def test_seeds_are_paired_across_modes_zero_weight_transfer_is_plain_ppo(teacher
 
 
 def test_loading_a_teacher_leaves_the_global_rng_alone(teacher_path):
-    args = repaint_ppo.Args(teacher=teacher_path, transfer="repaint")
-    repaint_ppo.validate(args)
+    args = repaint_ppo.Args(task="target", teacher=teacher_path, transfer="repaint")
     envs = repaint_ppo.make_envs(args, 1)
     torch.manual_seed(0)
     before = torch.get_rng_state()
