@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import gymnasium as gym
+import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.nn as nn
@@ -78,6 +79,8 @@ class Args:
     """continue the run of this checkpoint (agent.pt or its run folder)"""
     eval_episodes: int = 10
     """deterministic (argmax) evaluation episodes at the end of the run (0: none)"""
+    capture_video: bool = False
+    """carracing: save the agent's view of every final evaluation episode as a GIF in `videos/{run_name}/`"""
 
     # Algorithm specific arguments
     env: str = "gridworld"
@@ -153,7 +156,7 @@ GRIDWORLD_FORMAT = "repaint-gridworld-v1"
 EVAL_SEED = 10_000  # evaluation episodes reset with EVAL_SEED, EVAL_SEED + 1, ...: the same tracks for every run
 # flags that may differ from the checkpoint's when resuming; every other flag comes from the checkpoint
 RESUME_FREE_FLAGS = ("resume", "total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
-                     "runs_dir")  # fmt: skip
+                     "capture_video", "runs_dir")  # fmt: skip
 
 
 # ---- networks. layer_init, RelativeProjection, Encoder and Policy are ppo_relative.py's, with the same module and
@@ -485,6 +488,9 @@ if __name__ == "__main__":
                 car_racing.parse_bg_color(args.bg_color)
             except ValueError as e:
                 raise ValueError(f"bad --bg-color: {e}") from None
+        if args.capture_video and (args.env != "carracing" or args.eval_episodes < 1):
+            raise ValueError(f"--capture-video with --env {args.env} and --eval-episodes {args.eval_episodes}; accepted: "
+                             "--env carracing and --eval-episodes >= 1 (videos are taken during the final evaluation)")
         if (args.transfer == "none") == bool(args.teacher):
             raise ValueError(f"--transfer {args.transfer} with --teacher {args.teacher!r}; accepted: a --teacher PATH with "
                              "ks, it, repaint or warm_start, and no teacher with none")
@@ -724,14 +730,21 @@ if __name__ == "__main__":
         obs, _ = eval_envs.reset(seed=EVAL_SEED)
         eval_returns = np.zeros(args.eval_episodes)
         running, finished = np.zeros(args.eval_episodes), np.zeros(args.eval_episodes, dtype=bool)
+        frames = [[] for _ in range(args.eval_episodes)]
         with torch.no_grad():
             while not finished.all():
+                for i in np.flatnonzero(~finished) if args.capture_video else ():
+                    frames[i].append(obs[i, -3:].transpose(1, 2, 0))  # the newest RGB frame, (84, 84, 3)
                 action = agent(torch.as_tensor(obs, device=device))[0].argmax(dim=-1)
                 obs, reward, terminated, truncated, _ = eval_envs.step(action.cpu().numpy())
                 running += np.where(finished, 0.0, reward)
                 ended = ~finished & (terminated | truncated)
                 eval_returns[ended], finished = running[ended], finished | ended
         eval_envs.close()
+        video_dir = os.path.join("videos", os.path.basename(run_dir))
+        for episode, episode_frames in enumerate(frames if args.capture_video else ()):
+            os.makedirs(video_dir, exist_ok=True)
+            iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), np.stack(episode_frames), duration=20, loop=0)
         for episode, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
         print(f"eval_return_mean={eval_returns.mean():.3f} eval_return_std={eval_returns.std():.3f} "

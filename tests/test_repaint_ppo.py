@@ -224,6 +224,7 @@ def test_unreadable_files_and_bad_options_are_one_line_errors(tmp_path, capsys):
     expect_refusal(["--beta-schedule", "cosine"] + TINY, tmp_path, capsys, "'cosine'", "exponential")
     expect_refusal(["--precision", "fp16"] + TINY, tmp_path, capsys, "'fp16'", "fp32, bf16")
     expect_refusal(["--env", "carracing", "--view", "wide"], tmp_path, capsys, "'wide'", "near, far")
+    expect_refusal(["--capture-video"] + TINY, tmp_path, capsys, "--capture-video", "--env carracing")
     expect_refusal(["--total-timesteps", "16"] + TINY[:4], tmp_path, capsys, "--total-timesteps", "32")
     blocker = tmp_path / "a_file"
     blocker.write_text("")  # tests run as root: a folder below a file cannot be created whatever the permissions
@@ -334,7 +335,7 @@ def test_repaint_with_a_good_teacher_reaches_the_target_in_fewer_iterations(teac
 # ---- CarRacing: a relative ppo_relative.py teacher teaches a student on the outer-lane reward, far view
 
 
-def test_carracing_repaint_with_a_relative_ppo_relative_teacher(tmp_path):
+def test_carracing_repaint_with_a_relative_ppo_relative_teacher(tmp_path, monkeypatch):
     import ppo_relative
 
     torch.manual_seed(0)
@@ -355,10 +356,14 @@ def test_carracing_repaint_with_a_relative_ppo_relative_teacher(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(copy(frames)[0], policy(encoder(frames))[0])
 
+    monkeypatch.chdir(tmp_path)  # videos/ goes to the working folder
     text, path = train(["--env", "carracing", "--view", "far", "--reward", "outer_lane", "--transfer", "repaint",
                         "--teacher", str(teacher), "--num-envs", "1", "--num-steps", "8", "--total-timesteps", "16",
-                        "--num-minibatches", "2", "--update-epochs", "1", "--eval-episodes", "0", "--precision", "bf16"],
-                       tmp_path)
+                        "--num-minibatches", "2", "--update-epochs", "1", "--eval-episodes", "1", "--capture-video",
+                        "--precision", "bf16"], tmp_path)
+    assert re.search(r"^eval_return_mean=\S+ eval_return_std=0.000 \(1 deterministic", text, re.M)
+    gif = tmp_path / "videos" / os.path.basename(os.path.dirname(path)) / "eval-episode-0.gif"
+    assert gif.stat().st_size > 0
     assert [beta for _, _, beta, _ in ITERATION.findall(text)] == ["1.000", "0.900"]
     # the student's checkpoint follows the contract: the shared loader and ppo_relative's networks read it
     checkpoint = load_agent_checkpoint(path)
