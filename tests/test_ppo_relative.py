@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_script_in_process
+from conftest import random_orthogonal, run_script_in_process
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +31,6 @@ TINY = [
     "--anchor-steps-per-track", "4", "--eval-episodes", "0", "--save-every", "1",
 ]
 
-
-def random_orthogonal(dim: int, generator: torch.Generator) -> torch.Tensor:
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r))
 
 
 def projection_with_anchors(anchors: torch.Tensor, standardize: bool = False) -> RelativeProjection:
