@@ -256,7 +256,7 @@ def frame_latents(encoder: Encoder, frames: torch.Tensor, chunk_size: int = 256)
     for chunk in frames.split(chunk_size):
         latent = encoder.embed_frames(chunk)
         latents.append(encoder.projection(latent) if encoder.projection is not None else latent)
-    return torch.cat(latents).double()
+    return torch.cat(latents)
 
 
 def fit_translation(source: torch.Tensor, target: torch.Tensor, method: str = "procrustes") -> dict:
@@ -268,7 +268,9 @@ def fit_translation(source: torch.Tensor, target: torch.Tensor, method: str = "p
     taken from the N x N problem (QR of X^T and Y^T, SVD of R_X R_Y^T), O(d N^2) instead of O(d^3), and kept as
     two d x N factors; it maps the anchors' span as the full solution does and discards what lies outside it.
     affine: [X 1] W = Y by least squares; T(x) = [x 1] W."""
-    source, target = source.double(), target.double()
+    # float64 for exactness; the default 3136-wide problems in float32 (its SVD is several times faster)
+    dtype = torch.float64 if max(source.shape[1], target.shape[1]) < 1024 else torch.float32
+    source, target = source.to(dtype), target.to(dtype)
     if method == "affine":
         design = torch.cat([source, torch.ones(len(source), 1, dtype=source.dtype)], dim=1)
         solution = torch.linalg.lstsq(design, target, driver="gelsd").solution
@@ -290,7 +292,8 @@ def fit_translation(source: torch.Tensor, target: torch.Tensor, method: str = "p
 
 def apply_translation(translation: dict, latent: torch.Tensor, frame_stack: int = 1) -> torch.Tensor:
     """T applied to every frame's block of a (B, frame_stack * d) latent."""
-    frames = latent.double().reshape(latent.shape[0] * frame_stack, -1)
+    frames = latent.to(translation["target_mean" if translation["method"] == "procrustes" else "bias"].dtype)
+    frames = frames.reshape(latent.shape[0] * frame_stack, -1)
     if translation["method"] == "affine":
         out = frames @ translation["matrix"] + translation["bias"]
     else:
