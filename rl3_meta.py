@@ -307,6 +307,17 @@ def input_dim(args: Args, env) -> int:
     return env.num_actions + 4 + env.obs_dim + object_level
 
 
+def object_level_learner(args: Args, env) -> ObjectLevelRL:
+    """The object-level learner of RL^3 for the B tasks of `env`, configured as in the authors' code: value
+    iteration capped at the task horizon (1 bandit, 10 MDP, H gridworld) and, for `--vi-init auto`, restarted from
+    V = 0 at every step when that horizon is below 100 (bandits, MDPs), warm-started otherwise (gridworlds)."""
+    cfg = DOMAINS[args.domain]
+    max_iters = min(env.episode_length, env.horizon)
+    restart = args.vi_init == "zeros" or (args.vi_init == "auto" and max_iters < VI_RESTART_BELOW)
+    return ObjectLevelRL(env.num_tasks, state_abstraction(args, env), env.num_actions, env.horizon, cfg["laplace"],
+                         args.obj_gamma, cfg["vi_tol"], max_iters, cfg["value_scale"], restart, args.laplace_support == "seen")
+
+
 @torch.no_grad()
 def rollout(agent: Agent, env, args: Args, task_seeds, greedy=False):
     """Play one meta-episode of H steps in each of B tasks with the actor (sampling, or argmax if `greedy`).
@@ -315,12 +326,7 @@ def rollout(agent: Agent, env, args: Args, task_seeds, greedy=False):
     device = next(agent.parameters()).device
     states = env.reset(task_seeds)
     cfg = DOMAINS[args.domain]
-    object_level = None
-    if args.algo != "rl2":
-        max_iters = min(env.episode_length, H)  # the task horizon caps the sweeps, as in the authors' code
-        restart = args.vi_init == "zeros" or (args.vi_init == "auto" and max_iters < VI_RESTART_BELOW)
-        object_level = ObjectLevelRL(B, state_abstraction(args, env), A, H, cfg["laplace"], args.obj_gamma, cfg["vi_tol"],
-                                     max_iters, cfg["value_scale"], restart, args.laplace_support == "seen")  # fmt: skip
+    object_level = object_level_learner(args, env) if args.algo != "rl2" else None
     inputs = torch.zeros(B, H, input_dim(args, env), device=device)
     actions = torch.zeros(B, H, dtype=torch.long, device=device)
     logprobs = torch.zeros(B, H, device=device)
@@ -415,7 +421,8 @@ if __name__ == "__main__":
         validate(args)
         if checkpoint is None:
             run_name = f"{args.domain}__{args.algo}__{args.exp_name}__{args.seed}__{int(time.time())}"
-            run_dir = ensure_writable_dir(os.path.join(ensure_writable_dir(args.runs_dir, "--runs-dir"), run_name), "--runs-dir")
+            run_dir = os.path.join(ensure_writable_dir(args.runs_dir, "--runs-dir"), run_name)
+            ensure_writable_dir(run_dir, "--runs-dir")
         else:
             run_dir = ensure_writable_dir(os.path.dirname(os.path.abspath(resume_path)), "--resume")
     except ValueError as e:
@@ -451,8 +458,9 @@ if __name__ == "__main__":
     def save(path: str) -> None:
         """Atomic agent.pt: fp32 CPU weights, optimiser, counters and the torch RNG, everything a resume needs."""
         model = {k: v.detach().float().cpu() for k, v in agent.state_dict().items()}
-        save_atomic(dict(format=CHECKPOINT_FORMAT, args=asdict(args), model=model, optimizer=optimizer.state_dict(),
-                         global_step=global_step, iteration=iteration, timing=timing, rng=torch.get_rng_state()), path)  # fmt: skip
+        state = dict(global_step=global_step, iteration=iteration, timing=timing, rng=torch.get_rng_state())
+        save_atomic(dict(format=CHECKPOINT_FORMAT, args=asdict(args), model=model, optimizer=optimizer.state_dict(), **state),
+                    path)
 
     start_time, start_step = time.time(), global_step
     progress = tqdm(total=num_iterations * batch_size, initial=global_step, unit="step", dynamic_ncols=True)
@@ -521,14 +529,14 @@ if __name__ == "__main__":
             y_pred, y_true = values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
             explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
             sps = int((global_step - start_step) / (time.time() - start_time))
-            for key, value in [("charts/episodic_return", meta_returns.mean()), ("charts/normalized_return", normalized_returns.mean()),
-                               ("charts/learning_rate", optimizer.param_groups[0]["lr"]), ("charts/ent_coef", ent_coef),
-                               ("charts/SPS", sps), ("charts/iteration_seconds", time.time() - iteration_start),
-                               ("charts/rollout_seconds", rollout_seconds), ("charts/object_level_seconds", batch["object_seconds"]),
-                               ("charts/update_seconds", update_seconds), ("charts/update_epochs", epoch),
-                               ("losses/value_loss", v_loss.item()), ("losses/policy_loss", pg_loss.item()),
-                               ("losses/entropy", entropy.item()), ("losses/approx_kl", approx_kl.item()),
-                               ("losses/clipfrac", np.mean(clipfracs)), ("losses/explained_variance", explained_var)]:  # fmt: skip
+            scalars = {"charts/episodic_return": meta_returns.mean(), "charts/normalized_return": normalized_returns.mean(),
+                       "charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/ent_coef": ent_coef, "charts/SPS": sps,
+                       "charts/iteration_seconds": time.time() - iteration_start, "charts/rollout_seconds": rollout_seconds,
+                       "charts/object_level_seconds": batch["object_seconds"], "charts/update_seconds": update_seconds,
+                       "charts/update_epochs": epoch, "losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item(),
+                       "losses/entropy": entropy.item(), "losses/approx_kl": approx_kl.item(),
+                       "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var}  # fmt: skip
+            for key, value in scalars.items():
                 writer.add_scalar(key, value, global_step)
             progress.update(batch_size)
             progress.set_postfix(SPS=sps, ret=f"{meta_returns.mean():.1f}", norm=f"{normalized_returns.mean():.3f}")
@@ -548,9 +556,9 @@ if __name__ == "__main__":
     # and every --ood variant, sampling actions as in training; the non-learning baselines play the same tasks.
     module = DOMAINS[args.domain]["module"]
     iterations = max(timing["iterations"], 1)
-    results = {"args": asdict(args), "global_step": global_step, "train_seconds": time.time() - start_time,
+    results = {"args": asdict(args), "global_step": global_step, "train_seconds": time.time() - start_time, "eval": {},
                **{f"{k}_per_iteration": v / iterations for k, v in timing.items() if k != "iterations"},
-               "iteration_seconds": (timing["rollout_seconds"] + timing["update_seconds"]) / iterations, "eval": {}}  # fmt: skip
+               "iteration_seconds": (timing["rollout_seconds"] + timing["update_seconds"]) / iterations}  # fmt: skip
     task_seeds = [2**31 + i for i in range(args.eval_episodes)]
     for variant in [module.IN_DISTRIBUTION] + list(filter(None, args.ood.split(","))):
         eval_env = make_env(args, args.eval_episodes, variant)
