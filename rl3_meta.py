@@ -452,7 +452,8 @@ if __name__ == "__main__":
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"])
         global_step, iteration, timing = checkpoint["global_step"], checkpoint["iteration"], checkpoint["timing"]
-    writer = SummaryWriter(run_dir, purge_step=global_step if checkpoint is not None else None)
+    # on resume, drop what the interrupted run logged after its checkpoint (steps > global_step): no overlapping curves
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if checkpoint is not None else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
 
     def save(path: str) -> None:
