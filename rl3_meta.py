@@ -314,8 +314,19 @@ def object_level_learner(args: Args, env) -> ObjectLevelRL:
     cfg = DOMAINS[args.domain]
     max_iters = min(env.episode_length, env.horizon)
     restart = args.vi_init == "zeros" or (args.vi_init == "auto" and max_iters < VI_RESTART_BELOW)
-    return ObjectLevelRL(env.num_tasks, state_abstraction(args, env), env.num_actions, env.horizon, cfg["laplace"],
-                         args.obj_gamma, cfg["vi_tol"], max_iters, cfg["value_scale"], restart, args.laplace_support == "seen")
+    return ObjectLevelRL(
+        env.num_tasks,
+        state_abstraction(args, env),
+        env.num_actions,
+        env.horizon,
+        cfg["laplace"],
+        args.obj_gamma,
+        cfg["vi_tol"],
+        max_iters,
+        cfg["value_scale"],
+        restart,
+        args.laplace_support == "seen",
+    )
 
 
 @torch.no_grad()
@@ -460,8 +471,9 @@ if __name__ == "__main__":
         """Atomic agent.pt: fp32 CPU weights, optimiser, counters and the torch RNG, everything a resume needs."""
         model = {k: v.detach().float().cpu() for k, v in agent.state_dict().items()}
         state = dict(global_step=global_step, iteration=iteration, timing=timing, rng=torch.get_rng_state())
-        save_atomic(dict(format=CHECKPOINT_FORMAT, args=asdict(args), model=model, optimizer=optimizer.state_dict(), **state),
-                    path)
+        save_atomic(
+            dict(format=CHECKPOINT_FORMAT, args=asdict(args), model=model, optimizer=optimizer.state_dict(), **state), path
+        )
 
     start_time, start_step = time.time(), global_step
     progress = tqdm(total=num_iterations * batch_size, initial=global_step, unit="step", dynamic_ncols=True)

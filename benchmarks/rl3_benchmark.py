@@ -48,7 +48,7 @@ class Args:
     """Adam learning rate of every run (higher than the paper's 3e-4 / 2e-4 for the small budget)"""
     gridworld_eval_episodes: int = 30
     """held-out gridworld tasks per variant (MDPs use 100)"""
-    parallel: int = 3
+    parallel: int = 4
     """training runs at a time"""
     runs_dir: str = "runs/rl3_benchmark"
     """where the code copy, the runs and their logs go"""
@@ -75,16 +75,23 @@ def configurations(args: Args):
 
 def run_all(jobs, runs_dir, code_dir, parallel, start):
     """Run the jobs not finished yet, at most `parallel` at a time, in order; returns {(config, algo, seed): run dir}."""
-    done, running, queue = {}, {}, []
+    done, running, queue, elsewhere = {}, {}, [], {}
     for config, algo, flags, seed in jobs:
         out_dir = os.path.join(runs_dir, f"{config}_{algo}_{seed}")
         finished = glob.glob(os.path.join(out_dir, "*", "eval.json"))
         if finished:
             done[(config, algo, seed)] = os.path.dirname(sorted(finished)[-1])
+        elif os.path.exists(f"{out_dir}.log") and time.time() - os.path.getmtime(f"{out_dir}.log") < 120:
+            elsewhere[(config, algo, seed)] = out_dir  # still written to by an earlier invocation's run: wait for it
         else:
             shutil.rmtree(out_dir, ignore_errors=True)  # an interrupted run starts again from scratch
             queue.append((config, algo, flags, seed, out_dir))
-    while queue or running:
+    while queue or running or elsewhere:
+        for key, out_dir in list(elsewhere.items()):
+            finished = glob.glob(os.path.join(out_dir, "*", "eval.json"))
+            if finished:
+                done[key] = os.path.dirname(finished[0])
+                del elsewhere[key]
         while queue and len(running) < parallel:
             config, algo, flags, seed, out_dir = queue.pop(0)
             log = open(f"{out_dir}.log", "w")

@@ -99,5 +99,9 @@ def baseline_returns(env, task_seeds: Sequence[int], seed: int) -> dict:
 def summary(returns: np.ndarray, oracle: np.ndarray) -> dict:
     """Mean +- std over tasks of the meta-episode return and of the oracle-normalised return (return / oracle)."""
     normalized = returns / oracle
-    return dict(mean=float(returns.mean()), std=float(returns.std()),
-                normalized_mean=float(normalized.mean()), normalized_std=float(normalized.std()))
+    return dict(
+        mean=float(returns.mean()),
+        std=float(returns.std()),
+        normalized_mean=float(normalized.mean()),
+        normalized_std=float(normalized.std()),
+    )

@@ -90,8 +90,11 @@ def test_gridworld_transition_model_slip_and_water():
     P, R = gridworld.transition_model(tiles, 0.2)
     centre, north, east, south, west = 60, 49, 61, 71, 59
     np.testing.assert_allclose(P[centre, 1, [north, east, west]], [0.8, 0.1, 0.1])
+    np.testing.assert_allclose(P[centre, 3, [south, east, west]], [0.8, 0.1, 0.1])
     assert P[centre, 0, centre] == 1.0
-    np.testing.assert_allclose(P[east, 1, [east - 11, east + 11, east + 1, centre]], [0.0, 0.0, 0.5, 0.5])  # water always slips
+    np.testing.assert_allclose(
+        P[east, 1, [east - 11, east + 11, east + 1, centre]], [0.0, 0.0, 0.5, 0.5]
+    )  # water always slips
     np.testing.assert_allclose(P.sum(axis=2), 1.0)
     np.testing.assert_allclose(R[centre, 2], 0.8 * -2.0 + 0.2 * -1.0)  # entering water costs 2
 

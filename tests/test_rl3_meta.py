@@ -78,7 +78,9 @@ def test_same_seed_same_numbers_and_resume_continues_exactly(tmp_path, capsys):
     # continue to 48 steps, then go back to the 24-step checkpoint (as after a crash) and continue to 72
     shutil.copy(os.path.join(runs["half"], "agent.pt"), os.path.join(runs["half"], "step24.pt"))
     for resume, steps in [(runs["half"], "48"), (os.path.join(runs["half"], "step24.pt"), "72")]:
-        code, _, err, _ = train(tmp_path / "half", capsys, "--resume", resume, "--total-timesteps", steps, "--eval-episodes", "2")
+        code, _, err, _ = train(
+            tmp_path / "half", capsys, "--resume", resume, "--total-timesteps", steps, "--eval-episodes", "2"
+        )
         assert code == 0, err
 
     def evals(run_dir):
