@@ -416,9 +416,14 @@ def load_run(path: str) -> tuple[dict, str]:
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
         what = f"has format {found!r}" if isinstance(found, str) else "is not an rl3_meta.py checkpoint"
         raise ValueError(f"{path!r} {what} (expected {CHECKPOINT_FORMAT!r}); {accepted}")
-    missing = [k for k in ("args", "model", "optimizer", "global_step", "iteration", "rng") if k not in checkpoint]
+    missing = [k for k in ("args", "model", "optimizer", "global_step", "iteration", "timing", "rng") if k not in checkpoint]
     if missing:
         raise ValueError(f"{path!r} lacks {', '.join(missing)}; {accepted}")
+    unknown = (
+        sorted(set(checkpoint["args"]) - set(Args.__dataclass_fields__)) if isinstance(checkpoint["args"], dict) else ["?"]
+    )
+    if unknown:
+        raise ValueError(f"{path!r} has flags this rl3_meta.py does not know ({', '.join(unknown)}); {accepted}")
     return checkpoint, path
 
 

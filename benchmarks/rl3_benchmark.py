@@ -42,7 +42,7 @@ class Args:
     """environment steps per PPO iteration on MDPs (num_tasks = this / H)"""
     mdp_iterations: int = 60
     """PPO iterations per MDP run"""
-    gridworld_iterations: int = 45
+    gridworld_iterations: int = 25
     """PPO iterations per 13x13 gridworld run (8 tasks x H=350 = 2800 steps each)"""
     learning_rate: float = 1e-3
     """Adam learning rate of every run (higher than the paper's 3e-4 / 2e-4 for the small budget)"""

@@ -126,7 +126,9 @@ def test_sigterm_writes_checkpoint_one_line_and_exits_143(tmp_path, capsys):
     "content,message",
     [(bytes(range(7, 250, 3)), "agent.pt' "),  # random bytes: envs/checkpoint.py's one-line message, no torch advice
      ({"format": "r3l-agent-v1"}, "has format 'r3l-agent-v1' (expected 'rl3-meta-v1')"),
-     ({"format": "rl3-meta-v1", "args": {}}, "lacks model, optimizer, global_step")],
+     ({"format": "rl3-meta-v1", "args": {}}, "lacks model, optimizer, global_step, iteration, timing, rng"),
+     ({"format": "rl3-meta-v1", "args": {"bogus": 1}, **dict.fromkeys(("model", "optimizer", "timing"), {}),
+       "global_step": 0, "iteration": 0, "rng": torch.zeros(1)}, "has flags this rl3_meta.py does not know (bogus)")],
 )  # fmt: skip
 def test_bad_checkpoint_is_one_line_error(content, message, tmp_path, capsys):
     path = tmp_path / "agent.pt"
