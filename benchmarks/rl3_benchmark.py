@@ -92,7 +92,7 @@ def run_all(jobs, runs_dir, code_dir, parallel, start):
             if finished:
                 done[key] = os.path.dirname(finished[0])
                 del elsewhere[key]
-        while queue and len(running) < parallel:
+        while queue and len(running) + len(elsewhere) < parallel:
             config, algo, flags, seed, out_dir = queue.pop(0)
             log = open(f"{out_dir}.log", "w")
             command = [sys.executable, "rl3_meta.py", "--algo", algo, "--seed", str(seed), "--runs-dir", out_dir] + flags
@@ -124,27 +124,57 @@ def pm(values, digits=3):
     return f"{np.mean(values):.{digits}f} +- {np.std(values):.{digits}f}"
 
 
-def report(configs, runs, seeds):
-    """Markdown tables and a JSON summary: per configuration and algorithm the per-seed held-out normalised returns
-    (in distribution, OOD averaged over the variants, greedy in distribution), their mean +- std over seeds, the
-    per-seed difference to RL^2 (paired by seed), and the wall-clock per iteration relative to RL^2."""
-    lines = ["| configuration | algorithm | normalised return, in distribution: per seed | mean +- std | "
-             "OOD: mean +- std | greedy: mean +- std | minus RL^2 (paired by seed), in dist. | minus RL^2, OOD | "
-             "s / iteration | RL^2-relative s / iteration | object-level s / iteration |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+def object_level_greedy(code_dir, flags, variant, episodes):
+    """Normalised returns of the agent that acts greedily on the object-level learner's Q (ties broken at random) on
+    the held-out tasks of `variant`: how much of RL^3's score the object-level learner alone already gives."""
+    sys.path.insert(0, code_dir)
+    import rl3_meta
+
+    options = dict(zip(flags, flags[1:]))
+    args = rl3_meta.Args(domain=options["--domain"], horizon=int(options.get("--horizon", 350)),
+                         grid_size=int(options.get("--grid-size", 11)))  # fmt: skip
+    rl3_meta.validate(args)
+    env = rl3_meta.make_env(args, episodes, variant)
+    learner = rl3_meta.object_level_learner(args, env)
+    rng = np.random.default_rng(0)
+    states, total = env.reset([2**31 + i for i in range(episodes)]), np.zeros(episodes)
+    for _ in range(env.horizon):
+        q = learner.Q[np.arange(episodes), learner.phi[states]]
+        action = (q + 1e-9 * rng.random(q.shape)).argmax(axis=1)
+        next_states, reward, terminated, _ = env.step(action)
+        learner.update(states, action, reward, env.last_next_state, terminated)
+        states, total = next_states, total + reward
+    return float(np.mean(total / env.optimal_returns()))
+
+
+def report(configs, runs, seeds, code_dir):
+    """Markdown tables and a JSON summary. Returns: per configuration and algorithm the per-seed held-out normalised
+    returns (in distribution; OOD = mean over the OOD variants), mean +- std over seeds, the deterministic (argmax)
+    evaluation, and the per-seed difference to RL^2 (paired by seed). Wall-clock: seconds per iteration, rollout and
+    object-level seconds, and their ratios to RL^2 of the same seed (the runs compared ran side by side)."""
+    lines = ["| configuration | algorithm | in distribution: per seed | mean +- std | OOD: per seed | mean +- std "
+             "| greedy (argmax), in dist. | minus RL^2 (paired by seed), in dist. | minus RL^2, OOD |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    clock = ["| configuration | algorithm | s / iteration | / RL^2 (per seed, mean +- std) | rollout s / iteration "
+             "| rollout / RL^2 | object-level s / iteration | PPO epochs / iteration |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     summary = {}
-    for config, algos, _ in configs:
-        evals = {(a, s): json.load(open(os.path.join(runs[(config, a, s)], "eval.json"))) for a in algos for s in seeds}
-        first = evals[(algos[0], seeds[0])]["eval"]
+    for config, algos, flags in configs:
+        done = [s for s in seeds if all((config, a, s) in runs for a in algos)]
+        if not done:
+            continue
+        evals = {(a, s): json.load(open(os.path.join(runs[(config, a, s)], "eval.json"))) for a in algos for s in done}
+        first = evals[(algos[0], done[0])]["eval"]
         in_dist, ood = list(first)[0], list(first)[1:]
         stats = {}
         for algo in algos:
-            e = [evals[(algo, s)] for s in seeds]
+            e = [evals[(algo, s)] for s in done]
             stats[algo] = dict(
                 in_dist=[x["eval"][in_dist]["rl"]["normalized_mean"] for x in e],
                 ood=[np.mean([x["eval"][v]["rl"]["normalized_mean"] for v in ood]) for x in e],
                 greedy=[x["greedy"]["normalized_mean"] for x in e],
                 iteration_seconds=[x["iteration_seconds"] for x in e],
+                rollout_seconds=[x["rollout_seconds_per_iteration"] for x in e],
                 object_seconds=[x["object_level_seconds_per_iteration"] for x in e],
                 epochs=[x["update_epochs_per_iteration"] for x in e],
             )
@@ -153,21 +183,33 @@ def report(configs, runs, seeds):
             diff_in = [a - b for a, b in zip(s["in_dist"], base["in_dist"])]
             diff_ood = [a - b for a, b in zip(s["ood"], base["ood"])]
             ratio = [a / b for a, b in zip(s["iteration_seconds"], base["iteration_seconds"])]
-            s.update(minus_rl2_in_dist=diff_in, minus_rl2_ood=diff_ood, seconds_ratio_to_rl2=ratio)
+            rollout_ratio = [a / b for a, b in zip(s["rollout_seconds"], base["rollout_seconds"])]
+            s.update(minus_rl2_in_dist=diff_in, minus_rl2_ood=diff_ood, seconds_ratio_to_rl2=ratio,
+                     rollout_ratio_to_rl2=rollout_ratio)  # fmt: skip
+            other = algo != "rl2"
             lines.append(f"| {config} | {algo} | {', '.join(f'{v:.3f}' for v in s['in_dist'])} | {pm(s['in_dist'])} "
-                         f"| {pm(s['ood'])} | {pm(s['greedy'])} | {pm(diff_in) if algo != 'rl2' else '-'} "
-                         f"| {pm(diff_ood) if algo != 'rl2' else '-'} | {np.mean(s['iteration_seconds']):.2f} "
-                         f"| {pm(ratio, 2) if algo != 'rl2' else '1'} | {np.mean(s['object_seconds']):.2f} |")  # fmt: skip
+                         f"| {', '.join(f'{v:.3f}' for v in s['ood'])} | {pm(s['ood'])} | {pm(s['greedy'])} "
+                         f"| {pm(diff_in) if other else '-'} | {pm(diff_ood) if other else '-'} |")  # fmt: skip
+            clock.append(f"| {config} | {algo} | {np.mean(s['iteration_seconds']):.2f} | {pm(ratio, 2) if other else '1'} "
+                         f"| {np.mean(s['rollout_seconds']):.2f} | {pm(rollout_ratio, 2) if other else '1'} "
+                         f"| {np.mean(s['object_seconds']):.2f} | {np.mean(s['epochs']):.1f} |")  # fmt: skip
+        episodes = int(dict(zip(flags, flags[1:])).get("--eval-episodes", 100))
+        greedy_q = {v: object_level_greedy(code_dir, flags, v, episodes) for v in [in_dist] + ood}
         baselines = {b: first[in_dist][b]["normalized_mean"] for b in ("random", "thompson", "ucb1") if b in first[in_dist]}
+        baselines["object_level_greedy"] = greedy_q[in_dist]
         summary[config] = dict(in_distribution=in_dist, ood_variants=ood, oracle=first[in_dist]["oracle"],
-                               baselines=baselines, seeds=list(seeds), algorithms=stats)  # fmt: skip
+                               baselines=baselines, object_level_greedy=greedy_q, seeds=done, algorithms=stats)  # fmt: skip
         random_ood = np.mean([first[v]["random"]["normalized_mean"] for v in ood])
-        lines.append(f"| {config} | random (baseline) | - | {baselines['random']:.3f} | {random_ood:.3f} |" + " - |" * 6)
-    return lines, summary
+        lines.append(f"| {config} | random (baseline) | - | {baselines['random']:.3f} | - | {random_ood:.3f} |" + " - |" * 3)
+        greedy_ood = np.mean([greedy_q[v] for v in ood])
+        lines.append(f"| {config} | greedy on object-level Q (baseline) | - | {greedy_q[in_dist]:.3f} | - | {greedy_ood:.3f} |"
+                     + " - |" * 3)  # fmt: skip
+    return lines + [""] + clock, summary
 
 
-def plot_curves(configs, runs, seeds, results_dir):
-    """Learning curves: training normalised return vs meta-training steps, mean over seeds (thick) and per seed (thin)."""
+def plot_curves(configs, runs, seeds, results_dir, summary):
+    """Learning curves: training normalised return vs meta-training steps, mean over seeds (thick) and per seed (thin);
+    dashed: the random and object-level-greedy baselines on the held-out tasks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,17 +219,24 @@ def plot_curves(configs, runs, seeds, results_dir):
     rows = ["configuration,algorithm,seed,step,normalized_return"]
     for ax, (config, algos, _) in zip(np.atleast_1d(axes), configs):
         for algo, colour in zip(algos, ("tab:blue", "tab:red", "tab:green")):
-            curves = [curve(runs[(config, algo, s)]) for s in seeds]
-            for seed, (steps, values) in zip(seeds, curves):
+            done = [s for s in seeds if (config, algo, s) in runs]
+            if not done:
+                continue
+            curves = [curve(runs[(config, algo, s)]) for s in done]
+            for seed, (steps, values) in zip(done, curves):
                 ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
                 rows += [f"{config},{algo},{seed},{int(x)},{y:.5f}" for x, y in zip(steps, values)]
             length = min(len(c[0]) for c in curves)
             ax.plot(curves[0][0][:length], np.mean([c[1][:length] for c in curves], axis=0), color=colour, label=algo)
+        if config in summary:
+            baselines = summary[config]["baselines"]
+            ax.axhline(baselines["random"], color="grey", linestyle="--", linewidth=1, label="random")
+            ax.axhline(baselines["object_level_greedy"], color="black", linestyle=":", linewidth=1, label="greedy on Q")
         ax.set_title(config)
         ax.set_xlabel("meta-training steps")
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("normalised return (training tasks)")
-    np.atleast_1d(axes)[-1].legend()
+    np.atleast_1d(axes)[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(results_dir, "rl3_curves.png"), dpi=110)
     with open(os.path.join(results_dir, "rl3_curves.csv"), "w") as f:
@@ -207,10 +256,10 @@ if __name__ == "__main__":
     configs = configurations(args)
     jobs = [(config, algo, flags, seed) for seed in args.seeds for config, algos, flags in configs for algo in algos]
     runs = run_all(jobs, runs_dir, code_dir, args.parallel, start)
-    lines, summary = report(configs, runs, list(args.seeds))
+    lines, summary = report(configs, runs, list(args.seeds), code_dir)
     results_dir = os.path.join(REPO, args.results_dir)
     os.makedirs(results_dir, exist_ok=True)
-    plot_curves(configs, runs, list(args.seeds), results_dir)
+    plot_curves(configs, runs, list(args.seeds), results_dir, summary)
     budget = (f"budget per run: MDPs {args.mdp_iterations} iterations x {args.mdp_steps_per_iteration} steps = "
               f"{args.mdp_iterations * args.mdp_steps_per_iteration} steps; 13x13 gridworld {args.gridworld_iterations} "
               f"iterations x 2800 steps = {args.gridworld_iterations * 2800} steps; lr {args.learning_rate}; "
