@@ -1,12 +1,15 @@
-"""Does bf16 autocast or a second torch thread make rl3_meta.py faster? Interleaved timing, reported as ratios.
+"""Interleaved wall-clock of rl3_meta.py variants, reported as ratios to the first variant.
 
-For each configuration (random MDPs H=64, 64 tasks; 13x13 gridworlds H=350, 8 tasks) the variants (fp32 with 1 thread,
-bf16 with 1 thread, fp32 with 2 threads) run one after the other, `--repeats` rounds in a row, so slow phases of a
-shared machine hit all variants alike. Each run trains `--iterations` PPO iterations with RL^3; the figure is the
+`--variants precision`: does bf16 autocast or a second torch thread make RL^3 faster (fp32 1 thread, bf16 1 thread,
+fp32 2 threads)? `--variants algo`: what does the object-level RL cost (RL^2, RL^3, RL^3-coarse, fp32, 1 thread)?
+For each configuration (random MDPs H=64, 64 tasks; 13x13 gridworlds H=350, 8 tasks) the variants run one after the
+other, `--repeats` rounds in a row, so slow phases of a shared machine hit all variants alike. Each run trains
+`--iterations` PPO iterations of 4 epochs (no KL early stop, so every variant does the same work); the figure is the
 wall-clock per iteration (rollout + update) that rl3_meta.py writes to eval.json, and the PPO update per epoch.
-Ratios are variant / fp32-1-thread, per round, then mean +- std over rounds. Writes benchmarks/results/rl3_precision.txt.
+Ratios are variant / first variant, per round, then mean +- std over rounds.
 
-    nice -n 10 python benchmarks/rl3_precision.py
+    nice -n 10 python benchmarks/rl3_precision.py --variants precision   # -> results/rl3_precision_timing.txt
+    nice -n 10 python benchmarks/rl3_precision.py --variants algo        # -> results/rl3_algo_timing.txt
 """
 
 import glob
@@ -26,19 +29,24 @@ CONFIGS = {
     "mdp_H64": ["--domain", "mdp", "--horizon", "64", "--num-tasks", "64", "--minibatch-size", "1024"],
     "gridworld13": ["--domain", "gridworld", "--grid-size", "13", "--num-tasks", "8", "--minibatch-size", "700"],
 }
-VARIANTS = {"fp32, 1 thread": ["--precision", "fp32", "--torch-threads", "1"],
-            "bf16, 1 thread": ["--precision", "bf16", "--torch-threads", "1"],
-            "fp32, 2 threads": ["--precision", "fp32", "--torch-threads", "2"]}  # fmt: skip
+VARIANT_SETS = {
+    "precision": {"fp32, 1 thread": ["--precision", "fp32", "--torch-threads", "1"],
+                  "bf16, 1 thread": ["--precision", "bf16", "--torch-threads", "1"],
+                  "fp32, 2 threads": ["--precision", "fp32", "--torch-threads", "2"]},
+    "algo": {"rl2": ["--algo", "rl2"], "rl3": ["--algo", "rl3"], "rl3-coarse": ["--algo", "rl3-coarse"]},
+}  # fmt: skip
 
 
 @dataclass
 class Args:
+    variants: str = "precision"
+    """precision (fp32 / bf16 / 2 threads, RL^3) or algo (RL^2 / RL^3 / RL^3-coarse, fp32, 1 thread)"""
     repeats: int = 3
     """interleaved rounds per configuration"""
     iterations: int = 3
     """PPO iterations per run"""
-    output: str = "benchmarks/results/rl3_precision.txt"
-    """where the table is written"""
+    output: str = ""
+    """where the table is written (default: benchmarks/results/rl3_{variants}_timing.txt)"""
 
 
 def timed_run(flags, iterations):
@@ -47,7 +55,7 @@ def timed_run(flags, iterations):
         steps = (
             iterations * int(flags[flags.index("--num-tasks") + 1]) * int(dict(zip(flags, flags[1:])).get("--horizon", 350))
         )
-        command = [sys.executable, "rl3_meta.py", "--algo", "rl3", "--runs-dir", runs_dir, "--total-timesteps", str(steps),
+        command = [sys.executable, "rl3_meta.py", "--runs-dir", runs_dir, "--total-timesteps", str(steps),
                    "--update-epochs", "4", "--target-kl", "1000", "--eval-episodes", "2", "--ood", "none"] + flags  # fmt: skip
         subprocess.run(command, cwd=REPO, check=True, capture_output=True)
         with open(glob.glob(os.path.join(runs_dir, "*", "eval.json"))[0]) as f:
@@ -57,23 +65,27 @@ def timed_run(flags, iterations):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if args.variants not in VARIANT_SETS:
+        sys.exit(f"error: unknown --variants {args.variants!r}; accepted: {', '.join(VARIANT_SETS)}")
+    variants = VARIANT_SETS[args.variants]
+    first = next(iter(variants))
     lines = [f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
              f"{args.repeats} interleaved rounds x {args.iterations} iterations (4 epochs each, no KL stop)", "",
-             "| configuration | variant | s / iteration (mean over rounds) | ratio to fp32-1-thread, per iteration | "
+             f"| configuration | variant | s / iteration (mean over rounds) | ratio to {first}, per iteration | "
              "ratio, PPO update per epoch |", "|---|---|---|---|---|"]  # fmt: skip
     for config, flags in CONFIGS.items():
-        times = {v: [] for v in VARIANTS}
+        times = {v: [] for v in variants}
         for _ in range(args.repeats):
-            for variant, extra in VARIANTS.items():
+            for variant, extra in variants.items():
                 times[variant].append(timed_run(flags + extra, args.iterations))
                 print(config, variant, times[variant][-1], flush=True)
-        base = np.array(times["fp32, 1 thread"])
-        for variant in VARIANTS:
+        base = np.array(times[first])
+        for variant in variants:
             t = np.array(times[variant])
             ratio, update_ratio = t[:, 0] / base[:, 0], t[:, 1] / base[:, 1]
             lines.append(f"| {config} | {variant} | {t[:, 0].mean():.2f} | {ratio.mean():.2f} +- {ratio.std():.2f} "
                          f"| {update_ratio.mean():.2f} +- {update_ratio.std():.2f} |")  # fmt: skip
     text = "\n".join(lines) + "\n"
     print(text)
-    with open(os.path.join(REPO, args.output), "w") as f:
+    with open(os.path.join(REPO, args.output or f"benchmarks/results/rl3_{args.variants}_timing.txt"), "w") as f:
         f.write(text)
