@@ -66,7 +66,8 @@ def timed_run(flags, iterations):
 if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.variants not in VARIANT_SETS:
-        sys.exit(f"error: unknown --variants {args.variants!r}; accepted: {', '.join(VARIANT_SETS)}")
+        print(f"error: unknown --variants {args.variants!r}; accepted: {', '.join(VARIANT_SETS)}", file=sys.stderr)
+        sys.exit(2)
     variants = VARIANT_SETS[args.variants]
     first = next(iter(variants))
     lines = [f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
