@@ -1,7 +1,7 @@
 """Interleaved wall-clock of rl3_meta.py variants, reported as ratios to the first variant.
 
-`--variants precision`: does bf16 autocast or a second torch thread make RL^3 faster (fp32 1 thread, bf16 1 thread,
-fp32 2 threads)? `--variants algo`: what does the object-level RL cost (RL^2, RL^3, RL^3-coarse, fp32, 1 thread)?
+`--variants precision`: does bf16 autocast make RL^3 faster? `--variants threads`: does a second torch thread?
+`--variants algo`: what does the object-level RL cost (RL^2, RL^3, RL^3-coarse)? Defaults: fp32, 1 thread.
 For each configuration (random MDPs H=64, 64 tasks; 13x13 gridworlds H=350, 8 tasks) the variants run one after the
 other, `--repeats` rounds in a row, so slow phases of a shared machine hit all variants alike. Each run trains
 `--iterations` PPO iterations of 4 epochs (no KL early stop, so every variant does the same work); the figure is the
@@ -9,6 +9,7 @@ wall-clock per iteration (rollout + update) that rl3_meta.py writes to eval.json
 Ratios are variant / first variant, per round, then mean +- std over rounds.
 
     nice -n 10 python benchmarks/rl3_precision.py --variants precision   # -> results/rl3_precision_timing.txt
+    nice -n 10 python benchmarks/rl3_precision.py --variants threads     # -> results/rl3_threads_timing.txt
     nice -n 10 python benchmarks/rl3_precision.py --variants algo        # -> results/rl3_algo_timing.txt
 """
 
@@ -30,9 +31,8 @@ CONFIGS = {
     "gridworld13": ["--domain", "gridworld", "--grid-size", "13", "--num-tasks", "8", "--minibatch-size", "700"],
 }
 VARIANT_SETS = {
-    "precision": {"fp32, 1 thread": ["--precision", "fp32", "--torch-threads", "1"],
-                  "bf16, 1 thread": ["--precision", "bf16", "--torch-threads", "1"],
-                  "fp32, 2 threads": ["--precision", "fp32", "--torch-threads", "2"]},
+    "precision": {"fp32": ["--precision", "fp32"], "bf16": ["--precision", "bf16"]},
+    "threads": {"1 thread": ["--torch-threads", "1"], "2 threads": ["--torch-threads", "2"]},
     "algo": {"rl2": ["--algo", "rl2"], "rl3": ["--algo", "rl3"], "rl3-coarse": ["--algo", "rl3-coarse"]},
 }  # fmt: skip
 
@@ -40,7 +40,9 @@ VARIANT_SETS = {
 @dataclass
 class Args:
     variants: str = "precision"
-    """precision (fp32 / bf16 / 2 threads, RL^3) or algo (RL^2 / RL^3 / RL^3-coarse, fp32, 1 thread)"""
+    """precision (RL^3, fp32 / bf16), threads (RL^3, 1 / 2 torch threads) or algo (RL^2 / RL^3 / RL^3-coarse)"""
+    configs: tuple[str, ...] = tuple(CONFIGS)
+    """configurations to time (mdp_H64, gridworld13)"""
     repeats: int = 3
     """interleaved rounds per configuration"""
     iterations: int = 3
@@ -65,8 +67,9 @@ def timed_run(flags, iterations):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.variants not in VARIANT_SETS:
-        print(f"error: unknown --variants {args.variants!r}; accepted: {', '.join(VARIANT_SETS)}", file=sys.stderr)
+    if args.variants not in VARIANT_SETS or not set(args.configs) <= set(CONFIGS):
+        print(f"error: unknown --variants {args.variants!r} or --configs {args.configs}; accepted: {', '.join(VARIANT_SETS)}"
+              f" / {', '.join(CONFIGS)}", file=sys.stderr)  # fmt: skip
         sys.exit(2)
     variants = VARIANT_SETS[args.variants]
     first = next(iter(variants))
@@ -74,7 +77,7 @@ if __name__ == "__main__":
              f"{args.repeats} interleaved rounds x {args.iterations} iterations (4 epochs each, no KL stop)", "",
              f"| configuration | variant | s / iteration (mean over rounds) | ratio to {first}, per iteration | "
              "ratio, PPO update per epoch |", "|---|---|---|---|---|"]  # fmt: skip
-    for config, flags in CONFIGS.items():
+    for config, flags in [(c, CONFIGS[c]) for c in args.configs]:
         times = {v: [] for v in variants}
         for _ in range(args.repeats):
             for variant, extra in variants.items():
