@@ -4,9 +4,9 @@ A task: 10 states, 5 actions, start state 0, episodes of 10 steps. Transitions
 T(.|s,a) ~ Dirichlet(alpha) (alpha = 1 in distribution, 0.25 out of distribution), mean rewards
 R(s,a) = 1 + N(0,1), observed reward R(s,a) + N(0,1) (RL^3 paper, Sec. 5; RL^2 paper, Sec. 4.2).
 
-`value_iteration` is the one value-iteration routine of `envs/`: the gridworld module (oracle and
-layout filter) and the object-level learner of `rl3_meta.py` call it too. Every array carries a leading batch
-axis B so that B tasks are solved with one matrix product per sweep.
+`value_iteration` is the one value-iteration routine of `envs/` (the MDP oracle here; the gridworld oracle and
+layout filter); `rl3_meta.py`'s object-level learner runs its own sparse version on the estimated model. Every array
+carries a leading batch axis B so that B tasks are solved with one matrix product per sweep.
 
 Randomness: each task owns a `numpy.random.Generator` seeded by its task seed. The task is drawn
 from it at `reset`, and so are all the random numbers its meta-episode will use (one block of
