@@ -1,10 +1,18 @@
-"""Small-budget RL^2 vs RL^3 benchmark (issue 8): bandits (H=100), random MDPs (H=100), 11x11 gridworlds.
+"""RL^2 vs RL^3 at a CPU budget: does the advantage of RL^3 grow with the horizon?
 
-For every domain and seed, RL^2 and RL^3 (and RL^3-coarse on the gridworld) train for the same number of
-steps with the same settings; each run evaluates on held-out tasks in and out of distribution
-(`rl3_meta.py` writes `eval.json`). The runs go through a queue, `--parallel` (2) at a time in the order
-seed, domain, algorithm, so the algorithms being compared run under the same load and their wall-clock per iteration is comparable.
-Prints a markdown table (also written to `--output`).
+Claim under test (Bhatia, Nashed & Zilberstein, "RL^3: Boosting Meta Reinforcement Learning via RL inside RL^2",
+arXiv 2306.15909): the advantage of RL^3 over RL^2 grows with the meta-episode horizon H, and holds out of
+distribution. Configurations, every algorithm with the same flags and the same number of environment steps:
+- random tabular MDPs at H = 16, 64, 256: 4096 steps per PPO iteration at every H (256, 64, 16 tasks), RL^2 and RL^3;
+- 13x13 gridworlds (H = 350, 8 tasks = 2800 steps per iteration) with the five OOD variants: RL^2, RL^3, RL^3-coarse.
+Each run evaluates on held-out tasks (`rl3_meta.py` writes eval.json); its TensorBoard log gives the learning
+curve (training normalised return vs meta-training steps).
+
+The runs go through one queue, `--parallel` at a time, ordered seed -> configuration -> algorithm, so that the
+algorithms compared on one configuration and seed run side by side under the same machine load: the wall-clock
+ratios RL^3 / RL^2 are measured interleaved. The code is copied once into `{runs_dir}/code/` and every run uses
+that copy (editing the repository during a benchmark does not change it). Finished runs are kept: rerunning the
+command resumes the benchmark. Writes benchmarks/results/rl3_benchmark.{txt,json} and rl3_curves.{png,csv}.
 
     nice -n 10 python benchmarks/rl3_benchmark.py
 """
@@ -12,6 +20,7 @@ Prints a markdown table (also written to `--output`).
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,59 +35,69 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @dataclass
 class Args:
     seeds: tuple[int, ...] = (1, 2, 3)
-    """training seeds of every configuration"""
-    bandit_iterations: int = 20
-    """PPO iterations on bandits (32 tasks x H=100 = 3200 steps each)"""
-    mdp_iterations: int = 15
-    """PPO iterations on random MDPs (32 tasks x H=100 = 3200 steps each)"""
-    gridworld_iterations: int = 15
-    """PPO iterations on 11x11 gridworlds (8 tasks x H=250 = 2000 steps each)"""
-    update_epochs: int = 8
-    """PPO epochs per iteration (the reference's 8; KL early stopping may end an iteration sooner)"""
+    """training seeds of every configuration (distinct seeds: distinct networks, actions and training tasks)"""
+    mdp_horizons: tuple[int, ...] = (16, 64, 256)
+    """horizons of the random-MDP sweep"""
+    mdp_steps_per_iteration: int = 4096
+    """environment steps per PPO iteration on MDPs (num_tasks = this / H)"""
+    mdp_iterations: int = 60
+    """PPO iterations per MDP run"""
+    gridworld_iterations: int = 25
+    """PPO iterations per 13x13 gridworld run (8 tasks x H=350 = 2800 steps each)"""
     learning_rate: float = 1e-3
-    """Adam learning rate of every run (higher than the paper's for the small budget)"""
-    gridworld_eval_tasks: int = 30
-    """held-out gridworld tasks per variant (bandit and MDP use the script's default, 100)"""
-    parallel: int = 2
-    """training runs at a time (the machine is shared: keep it at 2)"""
+    """Adam learning rate of every run (higher than the paper's 3e-4 / 2e-4 for the small budget)"""
+    gridworld_eval_episodes: int = 30
+    """held-out gridworld tasks per variant (MDPs use 100)"""
+    parallel: int = 4
+    """training runs at a time"""
     runs_dir: str = "runs/rl3_benchmark"
-    """where the runs write their TensorBoard logs and eval.json"""
-    output: str = "benchmarks/results/rl3_benchmark.txt"
-    """the table is also written here"""
+    """where the code copy, the runs and their logs go"""
+    results_dir: str = "benchmarks/results"
+    """where rl3_benchmark.{txt,json} and rl3_curves.{png,csv} are written"""
 
 
 def configurations(args: Args):
-    """(domain, algos, flags) per domain; PPO minibatches of 1/4 of the batch (4 updates per epoch)."""
-    common = ["--learning-rate", str(args.learning_rate), "--update-epochs", str(args.update_epochs)]
-    return [
-        ("bandit", ("rl2", "rl3"), ["--num-tasks", "32", "--minibatch-size", "800",
-                                    "--total-timesteps", str(args.bandit_iterations * 3200)] + common),
-        ("mdp", ("rl2", "rl3"), ["--num-tasks", "32", "--minibatch-size", "800",
-                                 "--total-timesteps", str(args.mdp_iterations * 3200)] + common),
-        ("gridworld", ("rl2", "rl3", "rl3-coarse"), ["--grid-size", "11", "--num-tasks", "8", "--minibatch-size", "500",
-                                                     "--total-timesteps", str(args.gridworld_iterations * 2000),
-                                                     "--eval-tasks", str(args.gridworld_eval_tasks)] + common),
-    ]
+    """[(name, algos, flags)]: PPO minibatches of 1/4 of the batch, 8 epochs with KL early stop."""
+    common = ["--learning-rate", str(args.learning_rate), "--update-epochs", "8", "--torch-threads", "1"]
+    configs = []
+    for H in args.mdp_horizons:
+        tasks = args.mdp_steps_per_iteration // H
+        configs.append((f"mdp_H{H}", ("rl2", "rl3"), ["--domain", "mdp", "--horizon", str(H), "--num-tasks", str(tasks),
+                        "--minibatch-size", str(tasks * H // 4), "--total-timesteps", str(args.mdp_iterations * tasks * H)]
+                        + common))  # fmt: skip
+    configs.append(("gridworld13", ("rl2", "rl3", "rl3-coarse"),
+                    ["--domain", "gridworld", "--grid-size", "13", "--ood", "all", "--num-tasks", "8",
+                     "--minibatch-size", "700",
+                     "--total-timesteps", str(args.gridworld_iterations * 2800),
+                     "--eval-episodes", str(args.gridworld_eval_episodes)] + common))  # fmt: skip
+    return configs
 
 
-def launch(domain, algo, flags, seed, runs_dir):
-    """Start one training run (one torch thread; it inherits this script's niceness); returns
-    (process, log file, run directory)."""
-    out_dir = os.path.join(runs_dir, f"{domain}_{algo}_{seed}")
-    command = [sys.executable, "rl3_meta.py", "--algo", algo, "--domain", domain,
-               "--seed", str(seed), "--runs-dir", out_dir, "--threads", "1"] + flags
-    log = open(os.path.join(runs_dir, f"{domain}_{algo}_{seed}.log"), "w")
-    return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log), log, out_dir
-
-
-def run_all(jobs, runs_dir, parallel, start):
-    """Run the jobs, at most `parallel` at a time, in order; returns {(domain, algo, seed): eval.json}."""
-    results, running, queue = {}, {}, list(jobs)
-    while queue or running:
-        while queue and len(running) < parallel:
-            domain, algo, flags, seed = queue.pop(0)
-            running[(domain, algo, seed)] = launch(domain, algo, flags, seed, runs_dir)
-        time.sleep(1)
+def run_all(jobs, runs_dir, code_dir, parallel, start):
+    """Run the jobs not finished yet, at most `parallel` at a time, in order; returns {(config, algo, seed): run dir}."""
+    done, running, queue, elsewhere = {}, {}, [], {}
+    for config, algo, flags, seed in jobs:
+        out_dir = os.path.join(runs_dir, f"{config}_{algo}_{seed}")
+        finished = glob.glob(os.path.join(out_dir, "*", "eval.json"))
+        if finished:
+            done[(config, algo, seed)] = os.path.dirname(sorted(finished)[-1])
+        elif os.path.exists(f"{out_dir}.log") and time.time() - os.path.getmtime(f"{out_dir}.log") < 120:
+            elsewhere[(config, algo, seed)] = out_dir  # still written to by an earlier invocation's run: wait for it
+        else:
+            shutil.rmtree(out_dir, ignore_errors=True)  # an interrupted run starts again from scratch
+            queue.append((config, algo, flags, seed, out_dir))
+    while queue or running or elsewhere:
+        for key, out_dir in list(elsewhere.items()):
+            finished = glob.glob(os.path.join(out_dir, "*", "eval.json"))
+            if finished:
+                done[key] = os.path.dirname(finished[0])
+                del elsewhere[key]
+        while queue and len(running) + len(elsewhere) < parallel:
+            config, algo, flags, seed, out_dir = queue.pop(0)
+            log = open(f"{out_dir}.log", "w")
+            command = [sys.executable, "rl3_meta.py", "--algo", algo, "--seed", str(seed), "--runs-dir", out_dir] + flags
+            running[(config, algo, seed)] = (subprocess.Popen(command, cwd=code_dir, stdout=log, stderr=log), log, out_dir)
+        time.sleep(2)
         for key, (process, log, out_dir) in list(running.items()):
             if process.poll() is None:
                 continue
@@ -86,79 +105,168 @@ def run_all(jobs, runs_dir, parallel, start):
             del running[key]
             if process.returncode != 0:
                 sys.exit(f"rl3_benchmark.py: error: run {key} failed; see {log.name}")
-            with open(sorted(glob.glob(os.path.join(out_dir, "*", "eval.json")))[-1]) as f:
-                results[key] = json.load(f)
+            done[key] = os.path.dirname(sorted(glob.glob(os.path.join(out_dir, "*", "eval.json")))[-1])
             print(f"[{(time.time() - start) / 60:.1f} min] {key} done", flush=True)
-    return results
+    return done
 
 
-def mean_std(values):
-    return f"{np.mean(values):.3f} +- {np.std(values):.3f}"
+def curve(run_dir):
+    """(steps, training normalised return) from a run's TensorBoard log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    scalars = events.Scalars("charts/normalized_return")
+    return np.array([s.step for s in scalars]), np.array([s.value for s in scalars])
 
 
-def table(domain, algos, runs, seeds, update_epochs):
-    """Markdown rows: per algorithm the oracle-normalised return in / out of distribution (mean +- std over
-    seeds of the per-seed mean over held-out tasks; OOD = average over the OOD variants), the raw return, and
-    the wall-clock per iteration: total, data collection (rollout, including the object-level RL), and the
-    PPO update per epoch (KL early stopping makes the number of epochs differ between runs)."""
-    first = runs[seeds[0]][algos[0]]["eval"]
-    variants = list(first)
-    in_dist, ood = variants[0], variants[1:]
+def pm(values, digits=3):
+    return f"{np.mean(values):.{digits}f} +- {np.std(values):.{digits}f}"
 
-    def per_seed(algo, key):
-        return [runs[s][algo][key] for s in seeds]
 
-    def per_epoch(algo):
-        return [runs[s][algo]["update_seconds_per_iteration"] / runs[s][algo]["update_epochs_per_iteration"] for s in seeds]
+def object_level_greedy(code_dir, flags, variant, episodes):
+    """Normalised returns of the agent that acts greedily on the object-level learner's Q (ties broken at random) on
+    the held-out tasks of `variant`: how much of RL^3's score the object-level learner alone already gives."""
+    sys.path.insert(0, code_dir)
+    import rl3_meta
 
-    rows = []
-    for algo in algos:
-        norm_in = [runs[s][algo]["eval"][in_dist]["rl"]["normalized_mean"] for s in seeds]
-        norm_ood = [np.mean([runs[s][algo]["eval"][v]["rl"]["normalized_mean"] for v in ood]) for s in seeds]
-        raw_in = [runs[s][algo]["eval"][in_dist]["rl"]["mean"] for s in seeds]
-        rows.append(f"| {domain} | {algo} | {mean_std(norm_in)} | {mean_std(norm_ood)} | {np.mean(raw_in):.1f} "
-                    f"| {np.mean(per_seed(algo, 'iteration_seconds')):.2f} | {np.mean(per_seed(algo, 'rollout_seconds_per_iteration')):.2f} "
-                    f"| {np.mean(per_seed(algo, 'object_level_seconds_per_iteration')):.2f} | {np.mean(per_epoch(algo)):.2f} "
-                    f"| {np.mean(per_seed(algo, 'update_epochs_per_iteration')):.1f} |")
-    for baseline in [b for b in ("random", "thompson", "ucb1") if b in first[in_dist]]:
-        norm_in = first[in_dist][baseline]["normalized_mean"]
-        norm_ood = np.mean([first[v][baseline]["normalized_mean"] for v in ood])
-        rows.append(f"| {domain} | {baseline} (baseline) | {norm_in:.3f} | {norm_ood:.3f} | {first[in_dist][baseline]['mean']:.1f} | - | - | - | - | - |")
+    options = dict(zip(flags, flags[1:]))
+    args = rl3_meta.Args(domain=options["--domain"], horizon=int(options.get("--horizon", 350)),
+                         grid_size=int(options.get("--grid-size", 11)))  # fmt: skip
+    rl3_meta.validate(args)
+    env = rl3_meta.make_env(args, episodes, variant)
+    learner = rl3_meta.object_level_learner(args, env)
+    rng = np.random.default_rng(0)
+    states, total = env.reset([2**31 + i for i in range(episodes)]), np.zeros(episodes)
+    for _ in range(env.horizon):
+        q = learner.Q[np.arange(episodes), learner.phi[states]]
+        action = (q + 1e-9 * rng.random(q.shape)).argmax(axis=1)
+        next_states, reward, terminated, _ = env.step(action)
+        learner.update(states, action, reward, env.last_next_state, terminated)
+        states, total = next_states, total + reward
+    return float(np.mean(total / env.optimal_returns()))
 
-    def ratio(algo, key_fn):
-        return mean_std([a / b for a, b in zip(key_fn(algo), key_fn("rl2"))])
 
-    notes = [f"{domain} (oracle return in distribution {first[in_dist]['oracle']:.1f}; OOD variants: {', '.join(ood) or '-'}):"]
-    for algo in algos[1:]:
-        notes.append(
-            f"  {algo}/rl2 wall-clock per iteration {ratio(algo, lambda a: per_seed(a, 'iteration_seconds'))}, "
-            f"rollout {ratio(algo, lambda a: per_seed(a, 'rollout_seconds_per_iteration'))}, "
-            f"update per epoch {ratio(algo, per_epoch)}, "
-            f"at equal update epochs {ratio(algo, lambda a: [r + update_epochs * e for r, e in zip(per_seed(a, 'rollout_seconds_per_iteration'), per_epoch(a))])}"
-        )
-    return rows, notes
+def report(configs, runs, seeds, code_dir):
+    """Markdown tables and a JSON summary. Returns: per configuration and algorithm the per-seed held-out normalised
+    returns (in distribution; OOD = mean over the OOD variants), mean +- std over seeds, the deterministic (argmax)
+    evaluation, and the per-seed difference to RL^2 (paired by seed). Wall-clock: seconds per iteration, rollout and
+    object-level seconds, and their ratios to RL^2 of the same seed (the runs compared ran side by side)."""
+    lines = ["| configuration | algorithm | in distribution: per seed | mean +- std | OOD: per seed | mean +- std "
+             "| greedy (argmax), in dist. | minus RL^2 (paired by seed), in dist. | minus RL^2, OOD |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    clock = ["| configuration | algorithm | s / iteration | / RL^2 (per seed, mean +- std) | rollout s / iteration "
+             "| rollout / RL^2 | object-level s / iteration | PPO epochs / iteration |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    summary = {}
+    for config, algos, flags in configs:
+        done = [s for s in seeds if all((config, a, s) in runs for a in algos)]
+        if not done:
+            continue
+        evals = {(a, s): json.load(open(os.path.join(runs[(config, a, s)], "eval.json"))) for a in algos for s in done}
+        first = evals[(algos[0], done[0])]["eval"]
+        in_dist, ood = list(first)[0], list(first)[1:]
+        stats = {}
+        for algo in algos:
+            e = [evals[(algo, s)] for s in done]
+            stats[algo] = dict(
+                in_dist=[x["eval"][in_dist]["rl"]["normalized_mean"] for x in e],
+                ood=[np.mean([x["eval"][v]["rl"]["normalized_mean"] for v in ood]) for x in e],
+                greedy=[x["greedy"]["normalized_mean"] for x in e],
+                iteration_seconds=[x["iteration_seconds"] for x in e],
+                rollout_seconds=[x["rollout_seconds_per_iteration"] for x in e],
+                object_seconds=[x["object_level_seconds_per_iteration"] for x in e],
+                epochs=[x["update_epochs_per_iteration"] for x in e],
+            )
+        for algo in algos:
+            s, base = stats[algo], stats["rl2"]
+            diff_in = [a - b for a, b in zip(s["in_dist"], base["in_dist"])]
+            diff_ood = [a - b for a, b in zip(s["ood"], base["ood"])]
+            ratio = [a / b for a, b in zip(s["iteration_seconds"], base["iteration_seconds"])]
+            rollout_ratio = [a / b for a, b in zip(s["rollout_seconds"], base["rollout_seconds"])]
+            s.update(minus_rl2_in_dist=diff_in, minus_rl2_ood=diff_ood, seconds_ratio_to_rl2=ratio,
+                     rollout_ratio_to_rl2=rollout_ratio)  # fmt: skip
+            other = algo != "rl2"
+            lines.append(f"| {config} | {algo} | {', '.join(f'{v:.3f}' for v in s['in_dist'])} | {pm(s['in_dist'])} "
+                         f"| {', '.join(f'{v:.3f}' for v in s['ood'])} | {pm(s['ood'])} | {pm(s['greedy'])} "
+                         f"| {pm(diff_in) if other else '-'} | {pm(diff_ood) if other else '-'} |")  # fmt: skip
+            clock.append(f"| {config} | {algo} | {np.mean(s['iteration_seconds']):.2f} | {pm(ratio, 2) if other else '1'} "
+                         f"| {np.mean(s['rollout_seconds']):.2f} | {pm(rollout_ratio, 2) if other else '1'} "
+                         f"| {np.mean(s['object_seconds']):.2f} | {np.mean(s['epochs']):.1f} |")  # fmt: skip
+        episodes = int(dict(zip(flags, flags[1:])).get("--eval-episodes", 100))
+        greedy_q = {v: object_level_greedy(code_dir, flags, v, episodes) for v in [in_dist] + ood}
+        baselines = {b: first[in_dist][b]["normalized_mean"] for b in ("random", "thompson", "ucb1") if b in first[in_dist]}
+        baselines["object_level_greedy"] = greedy_q[in_dist]
+        summary[config] = dict(in_distribution=in_dist, ood_variants=ood, oracle=first[in_dist]["oracle"],
+                               baselines=baselines, object_level_greedy=greedy_q, seeds=done, algorithms=stats)  # fmt: skip
+        random_ood = np.mean([first[v]["random"]["normalized_mean"] for v in ood])
+        lines.append(f"| {config} | random (baseline) | - | {baselines['random']:.3f} | - | {random_ood:.3f} |" + " - |" * 3)
+        greedy_ood = np.mean([greedy_q[v] for v in ood])
+        lines.append(f"| {config} | greedy on object-level Q (baseline) | - | {greedy_q[in_dist]:.3f} | - | {greedy_ood:.3f} |"
+                     + " - |" * 3)  # fmt: skip
+    return lines + [""] + clock, summary
+
+
+def plot_curves(configs, runs, seeds, results_dir, summary):
+    """Learning curves: training normalised return vs meta-training steps, mean over seeds (thick) and per seed (thin);
+    dashed: the random and object-level-greedy baselines on the held-out tasks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(configs), figsize=(4.2 * len(configs), 3.4))
+    rows = ["configuration,algorithm,seed,step,normalized_return"]
+    for ax, (config, algos, _) in zip(np.atleast_1d(axes), configs):
+        for algo, colour in zip(algos, ("tab:blue", "tab:red", "tab:green")):
+            done = [s for s in seeds if (config, algo, s) in runs]
+            if not done:
+                continue
+            curves = [curve(runs[(config, algo, s)]) for s in done]
+            for seed, (steps, values) in zip(done, curves):
+                ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
+                rows += [f"{config},{algo},{seed},{int(x)},{y:.5f}" for x, y in zip(steps, values)]
+            length = min(len(c[0]) for c in curves)
+            ax.plot(curves[0][0][:length], np.mean([c[1][:length] for c in curves], axis=0), color=colour, label=algo)
+        if config in summary:
+            baselines = summary[config]["baselines"]
+            ax.axhline(baselines["random"], color="grey", linestyle="--", linewidth=1, label="random")
+            ax.axhline(baselines["object_level_greedy"], color="black", linestyle=":", linewidth=1, label="greedy on Q")
+        ax.set_title(config)
+        ax.set_xlabel("meta-training steps")
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("normalised return (training tasks)")
+    np.atleast_1d(axes)[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(results_dir, "rl3_curves.png"), dpi=110)
+    with open(os.path.join(results_dir, "rl3_curves.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    os.makedirs(os.path.join(REPO, args.runs_dir), exist_ok=True)
+    runs_dir = os.path.join(REPO, args.runs_dir)
+    code_dir = os.path.join(runs_dir, "code")
+    if not os.path.isdir(code_dir):
+        os.makedirs(os.path.join(code_dir, "envs"))
+        shutil.copy(os.path.join(REPO, "rl3_meta.py"), code_dir)
+        for path in glob.glob(os.path.join(REPO, "envs", "*.py")):
+            shutil.copy(path, os.path.join(code_dir, "envs"))
     start = time.time()
-    lines = [
-        "| domain | algorithm | normalised return (in distribution) | normalised return (OOD) | return (in distribution) "
-        "| s / iteration | rollout s / iteration | object-level s / iteration | update s / epoch | epochs / iteration |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    jobs = [(domain, algo, flags, seed) for seed in args.seeds for domain, algos, flags in configurations(args)
-            for algo in algos]
-    results = run_all(jobs, os.path.join(REPO, args.runs_dir), args.parallel, start)
-    notes = []
-    for domain, algos, _ in configurations(args):
-        runs = {seed: {algo: results[(domain, algo, seed)] for algo in algos} for seed in args.seeds}
-        rows, domain_notes = table(domain, algos, runs, list(args.seeds), args.update_epochs)
-        lines += rows
-        notes += domain_notes
-    report = "\n".join(lines + [""] + notes + [f"total wall-clock {(time.time() - start) / 60:.1f} min", ""])
-    print(report)
-    os.makedirs(os.path.dirname(os.path.join(REPO, args.output)), exist_ok=True)
-    with open(os.path.join(REPO, args.output), "w") as f:
-        f.write(report)
+    configs = configurations(args)
+    jobs = [(config, algo, flags, seed) for seed in args.seeds for config, algos, flags in configs for algo in algos]
+    runs = run_all(jobs, runs_dir, code_dir, args.parallel, start)
+    lines, summary = report(configs, runs, list(args.seeds), code_dir)
+    results_dir = os.path.join(REPO, args.results_dir)
+    os.makedirs(results_dir, exist_ok=True)
+    plot_curves(configs, runs, list(args.seeds), results_dir, summary)
+    budget = (f"budget per run: MDPs {args.mdp_iterations} iterations x {args.mdp_steps_per_iteration} steps = "
+              f"{args.mdp_iterations * args.mdp_steps_per_iteration} steps; 13x13 gridworld {args.gridworld_iterations} "
+              f"iterations x 2800 steps = {args.gridworld_iterations * 2800} steps; lr {args.learning_rate}; "
+              f"seeds {args.seeds}")  # fmt: skip
+    text = "\n".join(lines + ["", budget, f"benchmark wall-clock {(time.time() - start) / 60:.1f} min (this invocation)", ""])
+    print(text)
+    with open(os.path.join(results_dir, "rl3_benchmark.txt"), "w") as f:
+        f.write(text)
+    with open(os.path.join(results_dir, "rl3_benchmark.json"), "w") as f:
+        json.dump(dict(budget=budget, configurations=summary), f, indent=1)

@@ -4,9 +4,9 @@ A task: 10 states, 5 actions, start state 0, episodes of 10 steps. Transitions
 T(.|s,a) ~ Dirichlet(alpha) (alpha = 1 in distribution, 0.25 out of distribution), mean rewards
 R(s,a) = 1 + N(0,1), observed reward R(s,a) + N(0,1) (RL^3 paper, Sec. 5; RL^2 paper, Sec. 4.2).
 
-`value_iteration` is the one value-iteration routine of `envs/`: the gridworld module (oracle and
-layout filter) and the object-level learner of `rl3_meta.py` call it too. Every array carries a leading batch
-axis B so that B tasks are solved with one matrix product per sweep.
+`value_iteration` is the one value-iteration routine of `envs/` (the MDP oracle here; the gridworld oracle and
+layout filter); `rl3_meta.py`'s object-level learner runs its own sparse version on the estimated model. Every array
+carries a leading batch axis B so that B tasks are solved with one matrix product per sweep.
 
 Randomness: each task owns a `numpy.random.Generator` seeded by its task seed. The task is drawn
 from it at `reset`, and so are all the random numbers its meta-episode will use (one block of
@@ -65,7 +65,8 @@ def value_iteration(
 
 
 class TabularMDPEnv:
-    """B random tabular MDPs stepped together; one meta-episode of `horizon` steps per `reset`."""
+    """B random tabular MDPs stepped together; one meta-episode of `horizon` steps per `reset` (a horizon that is
+    not a multiple of 10 cuts the last task episode short, as in the authors' code)."""
 
     num_states = NUM_STATES
     num_actions = NUM_ACTIONS
@@ -75,8 +76,8 @@ class TabularMDPEnv:
     def __init__(self, num_tasks: int, horizon: int, variant: str = IN_DISTRIBUTION):
         if variant not in VARIANTS:
             raise ValueError(f"unknown tabular MDP variant '{variant}'; expected one of {', '.join(VARIANTS)}")
-        if horizon % EPISODE_LENGTH != 0 or horizon <= 0:
-            raise ValueError(f"tabular MDP horizon {horizon} must be a positive multiple of {EPISODE_LENGTH}")
+        if horizon <= 0:
+            raise ValueError(f"tabular MDP horizon {horizon} must be a positive integer")
         self.num_tasks, self.horizon, self.alpha = num_tasks, horizon, VARIANTS[variant]
 
     def reset(self, task_seeds: Sequence[int]) -> np.ndarray:
@@ -122,7 +123,8 @@ class TabularMDPEnv:
         return np.eye(NUM_STATES)[states]
 
     def optimal_returns(self) -> np.ndarray:
-        """Expected meta-episode return of the oracle that knows the task: (H / 10) times the exact
-        10-step optimal value of the start state (finite-horizon value iteration on the true model)."""
+        """Expected meta-episode return of the oracle that knows the task: floor(H / 10) times the exact 10-step
+        optimal value of the start state plus the exact (H mod 10)-step one for a cut-short last episode."""
         _, V, _ = value_iteration(self.P, self.R, gamma=1.0, max_iters=EPISODE_LENGTH)
-        return V[:, 0] * (self.horizon // EPISODE_LENGTH)
+        _, V_rest, _ = value_iteration(self.P, self.R, gamma=1.0, max_iters=self.horizon % EPISODE_LENGTH)
+        return V[:, 0] * (self.horizon // EPISODE_LENGTH) + V_rest[:, 0]

@@ -90,8 +90,11 @@ def test_gridworld_transition_model_slip_and_water():
     P, R = gridworld.transition_model(tiles, 0.2)
     centre, north, east, south, west = 60, 49, 61, 71, 59
     np.testing.assert_allclose(P[centre, 1, [north, east, west]], [0.8, 0.1, 0.1])
+    np.testing.assert_allclose(P[centre, 3, [south, east, west]], [0.8, 0.1, 0.1])
     assert P[centre, 0, centre] == 1.0
-    np.testing.assert_allclose(P[east, 1, [east - 11, east + 11, east + 1, centre]], [0.0, 0.0, 0.5, 0.5])  # water always slips
+    np.testing.assert_allclose(
+        P[east, 1, [east - 11, east + 11, east + 1, centre]], [0.0, 0.0, 0.5, 0.5]
+    )  # water always slips
     np.testing.assert_allclose(P.sum(axis=2), 1.0)
     np.testing.assert_allclose(R[centre, 2], 0.8 * -2.0 + 0.2 * -1.0)  # entering water costs 2
 
@@ -173,6 +176,31 @@ def test_mdp_episodes_and_oracle():
     np.testing.assert_allclose(env.optimal_returns(), 3 * V[:, 0])
 
 
+def test_mdp_horizon_not_a_multiple_of_the_episode_length_cuts_the_last_episode():
+    env = tabular_mdp.TabularMDPEnv(3, 16, "dirichlet1")
+    env.reset([5, 6, 7])
+    ends = [env.step(np.zeros(3, dtype=np.int64))[3][0] for _ in range(16)]
+    assert [t + 1 for t, end in enumerate(ends) if end] == [10]
+    env.reset([5, 6, 7])
+    V = [np.zeros((3, 10))]
+    for _ in range(10):
+        V.append((env.R + np.einsum("bsaz,bz->bsa", env.P, V[-1])).max(axis=2))
+    np.testing.assert_allclose(env.optimal_returns(), V[10][:, 0] + V[6][:, 0])  # 10 steps, then a 6-step episode
+
+
+def test_baselines_play_the_same_tasks_and_summary_normalises_per_task():
+    env = bandit.BanditEnv(200, 100)
+    seeds = list(range(200))
+    results = bandit.baseline_returns(env, seeds, seed=0)
+    assert set(results) == {"random", "thompson", "ucb1"}
+    env.reset(seeds)
+    oracle = env.optimal_returns()
+    random_policy, thompson = bandit.summary(results["random"], oracle), bandit.summary(results["thompson"], oracle)
+    assert thompson["normalized_mean"] > random_policy["normalized_mean"] + 0.2
+    np.testing.assert_allclose(random_policy["normalized_mean"], np.mean(results["random"] / oracle))
+    assert set(bandit.baseline_returns(tabular_mdp.TabularMDPEnv(2, 10), [0, 1], seed=0)) == {"random"}
+
+
 def test_gridworld_oracle_is_an_upper_bound_of_a_good_policy():
     # the meta-episode oracle restarts at the centre after the goal: it must beat the single-episode value
     env = gridworld.GridworldEnv(4, 250, "deterministic", 11)
@@ -184,5 +212,5 @@ def test_gridworld_oracle_is_an_upper_bound_of_a_good_policy():
 def test_unknown_variant_is_a_clear_error():
     with pytest.raises(ValueError, match="expected one of standard, dense"):
         gridworld.GridworldEnv(1, 10, "lava")
-    with pytest.raises(ValueError, match="multiple of 10"):
-        tabular_mdp.TabularMDPEnv(1, 15)
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        tabular_mdp.TabularMDPEnv(1, 0)

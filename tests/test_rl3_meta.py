@@ -1,186 +1,212 @@
-"""Tests of rl3_meta.py: object-level RL, networks, command line, checkpoints, smoke runs and a learning test.
-
-The training runs are subprocesses started together by one module fixture (they overlap on the CPU);
-each test then waits for its own run.
-"""
+"""Tests of rl3_meta.py: the object-level learner (count model, Laplace smoothing, value iteration), networks,
+command line, checkpoints, resume, signals, and smoke / learning runs with tiny budgets (run in-process)."""
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_script_in_process
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import rl3_meta
 from envs import bandit, gridworld
 
 torch.set_num_threads(1)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = [(algo, domain) for algo in rl3_meta.ALGOS for domain in rl3_meta.DOMAINS]
-SMOKE_FLAGS = ["--num-tasks", "4", "--eval-tasks", "3", "--minibatch-size", "20", "--update-epochs", "2", "--threads", "1"]
-SMOKE_HORIZON = {"bandit": 10, "mdp": 10, "gridworld": 20}
-LEARNING_FLAGS = ["--algo", "rl3", "--domain", "bandit", "--horizon", "20", "--num-tasks", "128",
-                  "--minibatch-size", "640", "--learning-rate", "1e-3", "--total-timesteps", "30720",
-                  "--eval-tasks", "200", "--ood", "none", "--no-save-model", "--threads", "1"]
+SCRIPT = os.path.join(REPO, "rl3_meta.py")
+TINY = ["--num-tasks", "2", "--eval-episodes", "2", "--minibatch-size", "20", "--update-epochs", "1"]
+TINY_HORIZON = {"bandit": 10, "mdp": 12, "gridworld": 20}
 
 
-def start(args, runs_dir):
-    return subprocess.Popen([sys.executable, "rl3_meta.py", "--runs-dir", str(runs_dir)] + args, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def train(tmp_path, capsys, *flags):
+    """Run rl3_meta.py in-process; returns (exit code, stdout, stderr, run folder or None)."""
+    code, out, err = run_script_in_process(SCRIPT, list(flags), tmp_path, capsys)
+    runs = tmp_path / "runs"
+    folders = sorted(runs.iterdir()) if runs.is_dir() else []
+    return code, out, err, (str(folders[-1]) if folders else None)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Launch every training run of this module at once: name -> (process, runs directory)."""
-    launched = {}
-    for algo, domain in SMOKE:
-        H = SMOKE_HORIZON[domain]
-        flags = ["--algo", algo, "--domain", domain, "--horizon", str(H), "--total-timesteps", str(4 * H)] + SMOKE_FLAGS
-        directory = tmp_path_factory.mktemp(f"{algo}_{domain}")
-        launched[(algo, domain)] = (start(flags, directory), directory)
-    repeat_dir = tmp_path_factory.mktemp("repeat")
-    launched["repeat"] = (start(["--algo", "rl3", "--domain", "bandit", "--horizon", "10", "--total-timesteps", "40"] + SMOKE_FLAGS, repeat_dir), repeat_dir)
-    learn_dir = tmp_path_factory.mktemp("learning")
-    launched["learning"] = (start(LEARNING_FLAGS, learn_dir), learn_dir)
-    yield launched
-    for process, _ in launched.values():
-        process.kill()
-        process.communicate()
+def messages(err):
+    """stderr without the tqdm progress bar."""
+    return [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "step/s" not in line and "|" not in line]
 
 
-def finish(runs, name):
-    """Wait for a run; assert it succeeded; return (stdout, eval.json contents, run directory)."""
-    process, directory = runs[name]
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr
-    (run_dir,) = [os.path.join(directory, d) for d in os.listdir(directory)]
-    with open(os.path.join(run_dir, "eval.json")) as f:
-        return stdout, json.load(f), run_dir
+def scalars(run_dir, key):
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    return [(s.step, s.value) for s in events.Scalars(key)]
 
 
-@pytest.mark.parametrize("algo,domain", SMOKE)
-def test_smoke(runs, algo, domain):
-    stdout, results, run_dir = finish(runs, (algo, domain))
-    assert "SPS" in stdout and "ETA" in stdout
+@pytest.mark.parametrize("algo", rl3_meta.ALGOS)
+@pytest.mark.parametrize("domain", list(rl3_meta.DOMAINS))
+def test_smoke(algo, domain, tmp_path, capsys):
+    H = TINY_HORIZON[domain]
+    code, out, err, run_dir = train(tmp_path, capsys, "--algo", algo, "--domain", domain, "--horizon", str(H),
+                                    "--total-timesteps", str(2 * 2 * H), *TINY)  # fmt: skip
+    assert code == 0, err
     module = rl3_meta.DOMAINS[domain]["module"]
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        results = json.load(f)
     assert list(results["eval"]) == [module.IN_DISTRIBUTION, *module.OOD_VARIANTS]
-    for variant, result in results["eval"].items():
+    for result in results["eval"].values():
         assert np.isfinite(result["rl"]["normalized_mean"]) and result["oracle"] > 0
         assert ("thompson" in result) == (domain == "bandit")
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
-    checkpoint = torch.load(os.path.join(run_dir, "rl3_meta.cleanrl_model"), weights_only=True)
-    assert checkpoint["config"]["algo"] == algo and "actor.head.weight" in checkpoint["model"]
-    assert not any(name.endswith(".tmp") for name in os.listdir(run_dir))
+    assert out.strip().splitlines()[-1].startswith("eval_return_mean=") and "eval_return_std=" in out
+    checkpoint = torch.load(os.path.join(run_dir, "agent.pt"), weights_only=True)
+    assert checkpoint["format"] == rl3_meta.CHECKPOINT_FORMAT and checkpoint["args"]["algo"] == algo
+    assert checkpoint["global_step"] == 4 * H and "actor.head.weight" in checkpoint["model"]
+    assert sorted(os.listdir(run_dir))[:2] == ["agent.pt", "eval.json"]  # no temporary files left
+    # entropy bonus as the authors' code: 0.1 decayed linearly for bandits and MDPs, 0.04 constant for gridworlds
+    ent = [v for _, v in scalars(run_dir, "charts/ent_coef")]
+    np.testing.assert_allclose(ent, [0.04, 0.04] if domain == "gridworld" else [0.1, 0.05], rtol=1e-6)
 
 
-def test_same_seed_same_numbers(runs):
-    _, first, _ = finish(runs, ("rl3", "bandit"))
-    stdout, second, _ = finish(runs, "repeat")
-    assert first["eval"] == second["eval"]
-    assert "return" in stdout
+def test_same_seed_same_numbers_and_resume_continues_exactly(tmp_path, capsys):
+    flags = ["--algo", "rl3", "--domain", "mdp", "--horizon", "12", "--ood", "none", *TINY]
+    runs = {}
+    for name, steps in [("full", 72), ("again", 72), ("half", 24)]:
+        (tmp_path / name).mkdir()
+        code, _, err, runs[name] = train(tmp_path / name, capsys, *flags, "--total-timesteps", str(steps))
+        assert code == 0, err
+    # continue to 48 steps, then go back to the 24-step checkpoint (as after a crash) and continue to 72
+    shutil.copy(os.path.join(runs["half"], "agent.pt"), os.path.join(runs["half"], "step24.pt"))
+    for resume, steps in [(runs["half"], "48"), (os.path.join(runs["half"], "step24.pt"), "72")]:
+        code, _, err, _ = train(
+            tmp_path / "half", capsys, "--resume", resume, "--total-timesteps", steps, "--eval-episodes", "2"
+        )
+        assert code == 0, err
+
+    def evals(run_dir):
+        with open(os.path.join(run_dir, "eval.json")) as f:
+            results = json.load(f)
+        return results["eval"], results["greedy"]
+
+    assert evals(runs["full"]) == evals(runs["again"])
+    assert evals(runs["half"]) == evals(runs["full"])  # same tasks, same RNG, same optimiser state after resume
+    # the resumed TensorBoard log has no duplicated steps: what was logged after the checkpoint was purged
+    assert scalars(runs["half"], "charts/episodic_return") == scalars(runs["full"], "charts/episodic_return")
+    assert [step for step, _ in scalars(runs["half"], "charts/episodic_return")] == [24, 48, 72]
+    # resuming writes the run's agent.pt (whatever file it started from); resuming a finished run only evaluates it
+    assert torch.load(os.path.join(runs["half"], "agent.pt"), weights_only=True)["global_step"] == 72
+    code, out, err, _ = train(tmp_path / "half", capsys, "--resume", os.path.join(runs["half"], "agent.pt"),
+                              "--total-timesteps", "72", "--eval-episodes", "2")  # fmt: skip
+    assert code == 0 and "eval_return_mean=" in out
+    assert torch.load(os.path.join(runs["half"], "agent.pt"), weights_only=True)["global_step"] == 72
 
 
-def test_load_model_evaluates_checkpoint(runs, tmp_path, capsys):
-    _, _, run_dir = finish(runs, ("rl3", "gridworld"))
-    path = os.path.join(run_dir, "rl3_meta.cleanrl_model")
-    flags = ["--algo", "rl3", "--domain", "gridworld", "--horizon", "20", "--eval-tasks", "2", "--ood", "corner",
-             "--load-model", path]
-    result = subprocess.run([sys.executable, "rl3_meta.py", "--runs-dir", str(tmp_path)] + flags, cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "eval standard" in result.stdout and "eval corner" in result.stdout and "iter " not in result.stdout
-    # a checkpoint of another configuration is refused with one line
-    args = rl3_meta.Args(algo="rl2", domain="gridworld", horizon=20)
-    rl3_meta.validate(args)
-    env = rl3_meta.make_env(args, 1)
-    agent = rl3_meta.Agent(rl3_meta.input_dim(args, env), env.num_actions, args.horizon, args)
-    with pytest.raises(SystemExit):
-        rl3_meta.load_checkpoint(agent, args, path)
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "'algo': 'rl3'" in err and "'algo': 'rl2'" in err
+def test_sigterm_writes_checkpoint_one_line_and_exits_143(tmp_path, capsys):
+    command = [sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "runs"), "--domain", "bandit", "--horizon", "10",
+               "--total-timesteps", "10000000", "--save-every", "20", *TINY]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "runs").glob("*/agent.pt")):  # the first periodic checkpoint: the loop is running
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    (line,) = messages(err)
+    assert line.startswith("stopped by SIGTERM: checkpoint at ") and "resume with: python rl3_meta.py --resume " in line
+    path = line.split("--resume ")[1]
+    step = torch.load(path, weights_only=True)["global_step"]
+    assert step > 0 and step % 20 == 0
+    code, out, err, _ = train(tmp_path, capsys, "--resume", path, "--total-timesteps", str(step + 20), "--eval-episodes", "2")
+    assert code == 0, err
+    assert torch.load(path, weights_only=True)["global_step"] == step + 20
 
 
-def test_cli_unknown_algo_is_one_line_error(tmp_path):
-    result = subprocess.run([sys.executable, "rl3_meta.py", "--algo", "rl4", "--runs-dir", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert result.stderr.strip() == "rl3_meta.py: error: unknown --algo 'rl4'; expected one of rl2, rl3, rl3-coarse"
-    assert not os.listdir(tmp_path)
+@pytest.mark.parametrize(
+    "content,message",
+    [(bytes(range(7, 250, 3)), "is not a checkpoint of this collection (not a torch file)"),
+     ({"format": "r3l-agent-v1"}, "has format 'r3l-agent-v1' (expected 'rl3-meta-v1')"),
+     ({"format": "rl3-meta-v1", "args": {}}, "lacks model, optimizer, global_step, iteration, timing, rng"),
+     ({"format": "rl3-meta-v1", "args": {"bogus": 1}, **dict.fromkeys(("model", "optimizer", "timing"), {}),
+       "global_step": 0, "iteration": 0, "rng": torch.zeros(1)}, "has flags this rl3_meta.py does not know (bogus)")],
+)  # fmt: skip
+def test_bad_checkpoint_is_one_line_error(content, message, tmp_path, capsys):
+    path = tmp_path / "agent.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    code, _, err, _ = train(tmp_path, capsys, "--resume", str(path))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and "weights_only=False" not in err
+
+
+def test_unwritable_runs_dir_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err, _ = train(tmp_path, capsys, "--runs-dir", str(tmp_path / "file" / "runs"), "--horizon", "10", *TINY)
+    assert code == 2 and "--runs-dir" in err and "not a writable folder" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
     "overrides,message",
-    [
-        (dict(domain="atari"), "unknown --domain 'atari'; expected one of bandit, mdp, gridworld"),
-        (dict(domain="gridworld", grid_size=7), "unsupported --grid-size 7; expected one of 11, 13"),
-        (dict(domain="mdp", horizon=15), "bad --horizon 15; expected a positive integer multiple of 10"),
-        (dict(num_tasks=0), "bad --num-tasks 0; expected a positive integer"),
-        (dict(total_timesteps=10), "bad --total-timesteps 10; expected at least num_tasks * horizon = 6400"),
-        (dict(domain="bandit", ood="dense"), "unknown --ood variant 'dense' for bandit; expected all, none"),
-    ],
-)
-def test_bad_input_is_one_line_error(overrides, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    [(dict(algo="rl4"), "unknown --algo 'rl4'; accepted: rl2, rl3, rl3-coarse"),
+     (dict(domain="atari"), "unknown --domain 'atari'; accepted: bandit, mdp, gridworld"),
+     (dict(domain="gridworld", grid_size=7), "unknown --grid-size 7; accepted: 11, 13"),
+     (dict(precision="fp16"), "unknown --precision 'fp16'; accepted: fp32, bf16"),
+     (dict(vi_init="random"), "unknown --vi-init 'random'; accepted: auto, zeros, warm"),
+     (dict(laplace_support="some"), "unknown --laplace-support 'some'; accepted: seen, all"),
+     (dict(ent_schedule="cosine"), "unknown --ent-schedule 'cosine'; accepted: auto, linear, constant"),
+     (dict(horizon=0), "bad --horizon 0; accepted: a positive integer"),
+     (dict(num_tasks=0), "bad --num-tasks 0; accepted: a positive integer"),
+     (dict(torch_threads=0), "bad --torch-threads 0; accepted: a positive integer"),
+     (dict(save_every=-1), "bad --save-every -1; accepted: 0 (only at the end) or a positive step count"),
+     (dict(total_timesteps=10), "bad --total-timesteps 10; accepted: at least num_tasks * horizon = 6400"),
+     (dict(domain="bandit", ood="dense"), "unknown --ood variant 'dense' for bandit; accepted: all, none")],
+)  # fmt: skip
+def test_bad_input_is_one_line_error(overrides, message):
+    with pytest.raises(ValueError) as error:
         rl3_meta.validate(rl3_meta.Args(**overrides))
-    assert exit_info.value.code != 0
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("content", [b"not a checkpoint", None, {"model": {}}])
-def test_malformed_checkpoint_is_one_line_error(content, tmp_path, capsys):
-    path = tmp_path / "bad.cleanrl_model"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif isinstance(content, dict):
-        torch.save(content, path)
-    args = rl3_meta.Args(domain="bandit")
+def test_cli_error_format(tmp_path, capsys):
+    code, out, err, run_dir = train(tmp_path, capsys, "--algo", "rl4")
+    assert code == 2 and err == "error: unknown --algo 'rl4'; accepted: rl2, rl3, rl3-coarse\n" and run_dir is None
+
+
+def test_per_domain_defaults_follow_the_authors_code():
+    expected = {"bandit": (0.1, "linear", 3e-4), "mdp": (0.1, "linear", 3e-4), "gridworld": (0.04, "constant", 2e-4)}
+    for domain, (ent, schedule, lr) in expected.items():
+        args = rl3_meta.Args(domain=domain)
+        rl3_meta.validate(args)
+        assert (args.ent_coef, args.ent_schedule, args.learning_rate) == (ent, schedule, lr)
+    args = rl3_meta.Args(domain="gridworld", ent_schedule="linear", ent_coef=0.2)
     rl3_meta.validate(args)
-    env = rl3_meta.make_env(args, 1)
-    agent = rl3_meta.Agent(rl3_meta.input_dim(args, env), env.num_actions, args.horizon, args)
-    with pytest.raises(SystemExit) as exit_info:
-        rl3_meta.load_checkpoint(agent, args, str(path))
-    assert exit_info.value.code != 0
-    err = capsys.readouterr().err
-    assert "cannot load checkpoint" in err and str(path) in err and len(err.strip().splitlines()) == 1
+    assert (args.ent_coef, args.ent_schedule) == (0.2, "linear")
 
 
-def test_checkpoint_round_trip(tmp_path):
-    args = rl3_meta.Args(domain="mdp")
-    rl3_meta.validate(args)
-    env = rl3_meta.make_env(args, 1)
-    agent = rl3_meta.Agent(rl3_meta.input_dim(args, env), env.num_actions, args.horizon, args)
-    path = str(tmp_path / "model.cleanrl_model")
-    rl3_meta.save_checkpoint(agent, args, path)
-    assert os.listdir(tmp_path) == ["model.cleanrl_model"]
-    other = rl3_meta.Agent(rl3_meta.input_dim(args, env), env.num_actions, args.horizon, args)
-    rl3_meta.load_checkpoint(other, args, path)
-    for a, b in zip(agent.state_dict().values(), other.state_dict().values()):
-        assert torch.equal(a, b)
-
-
-def test_count_model_laplace_smoothing_and_reward_means():
-    model = rl3_meta.ObjectLevelRL(2, np.arange(3), 2, horizon=3, laplace=0.1, gamma=0.9, tol=1e-9, max_iters=1000,
-                                   value_scale=10.0)
-    Z = 4  # 3 states + the absorbing state
+def test_count_model_laplace_smoothing_over_seen_states():
+    model = rl3_meta.ObjectLevelRL(2, np.arange(5), 2, horizon=3, laplace=0.1, gamma=0.9, tol=1e-12, max_iters=1000,
+                                   value_scale=10.0)  # fmt: skip
     for reward, s_next in [(1.0, 1), (3.0, 1), (5.0, 2)]:
         model.update(np.array([0, 0]), np.array([1, 1]), np.array([reward, reward]), np.array([s_next, s_next]),
-                     np.array([False, True]))
-    np.testing.assert_array_equal(model.counts[0, 0, 1], [0, 2, 1, 0])
-    np.testing.assert_array_equal(model.counts[1, 0, 1], [0, 0, 0, 3])  # terminal transitions -> absorbing state
-    # P(.|0,1) = (N + 0.1) / (3 + 0.1 * 4); reward: running means 2 (to state 1) and 5 (to state 2), 0 unseen
-    P01 = np.array([0.1, 2.1, 1.1, 0.1]) / 3.4
-    np.testing.assert_allclose(model.R[0, 0, 1], P01 @ [0.0, 2.0, 5.0, 0.0])
-    assert np.all(model.R[:, 2, 0] == 0.0)  # untried: reward 0
-    # value iteration on the smoothed model: Q(s,a) = R(s,a) + 0.9 * sum_s' P(s'|s,a) V(s'), V(absorbing) = 0
-    P = (model.counts + 0.1) / (model.counts.sum(axis=3, keepdims=True) + 0.1 * Z)
+                     np.array([False, True]))  # fmt: skip
+    np.testing.assert_array_equal(model.counts[0, 0, 1], [0, 2, 1, 0, 0, 0])
+    np.testing.assert_array_equal(model.counts[1, 0, 1], [0, 0, 0, 0, 0, 3])  # terminal transitions -> absorbing state
+    # seen so far: states {0, 1, 2} in task 0; {0, absorbing} in task 1 (states 3, 4 and the rest get no mass)
+    np.testing.assert_array_equal(model.support, [[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 1]])
+    # P(.|0,1) = (N + 0.1) / (3 + 0.1 * 3) over the seen states; reward: running means 2 (to 1) and 5 (to 2)
+    P01 = np.array([0.1, 2.1, 1.1, 0.0, 0.0, 0.0]) / 3.3
+    support = model.support.astype(float)
+    P = (model.counts + 0.1 * support[:, None, None]) / (model.visits[..., None] + 0.1 * support.sum(1)[:, None, None, None])
     np.testing.assert_allclose(P[0, 0, 1], P01)
+    R = (P * np.divide(model.reward_sums, model.counts, out=np.zeros_like(P), where=model.counts > 0)).sum(axis=3)
+    np.testing.assert_allclose(R[0, 0, 1], P01 @ [0.0, 2.0, 5.0, 0.0, 0.0, 0.0])
+    # Bellman optimality on the smoothed model; an untried (s, a) is uniform over the seen states, reward 0
     assert np.all(model.V[:, -1] == 0.0)
-    np.testing.assert_allclose(model.Q, model.R + 0.9 * np.einsum("bsaz,bz->bsa", P, model.V), atol=1e-8)
-    np.testing.assert_allclose(model.Q[:, 2, 0], 0.9 * model.V.mean(axis=1), atol=1e-8)  # untried: uniform
-    np.testing.assert_allclose(model.V[:, :3], model.Q[:, :3].max(axis=2), atol=1e-8)
+    np.testing.assert_allclose(model.Q, R + 0.9 * np.einsum("bsaz,bz->bsa", P, model.V), atol=1e-8)
+    np.testing.assert_allclose(model.Q[0, 2, 0], 0.9 * model.V[0, :3].mean(), atol=1e-8)
+    np.testing.assert_allclose(model.Q[1, 0, 0], 0.9 * model.V[1, [0, 5]].mean(), atol=1e-8)
     features = model.features(np.array([0, 0]))
     v = model.V[:, 0]
     np.testing.assert_allclose(features[:, :2], (model.Q[:, 0] - v[:, None]) / 10.0)
@@ -188,56 +214,120 @@ def test_count_model_laplace_smoothing_and_reward_means():
     np.testing.assert_allclose(features[:, 3:], [[0.0, 0.3], [0.0, 0.3]])
 
 
-def test_object_level_bandit_features_rank_arms_by_mean_reward():
-    model = rl3_meta.ObjectLevelRL(1, np.zeros(1, dtype=np.int64), 3, 5, 0.1, 0.95, 0.01, 1, 1.0)
+def test_count_model_laplace_smoothing_over_all_states():
+    model = rl3_meta.ObjectLevelRL(1, np.arange(3), 2, horizon=1, laplace=0.1, gamma=0.9, tol=1e-12, max_iters=1000,
+                                   value_scale=1.0, seen_support=False)  # fmt: skip
+    model.update(np.array([0]), np.array([1]), np.array([2.0]), np.array([1]), np.array([False]))
+    assert model.support.all()  # 3 states + the absorbing state
+    np.testing.assert_allclose(model.reward_numerator[0, 0, 1] / (1 + 0.1 * 4), 1.1 * 2.0 / 1.4)
+    np.testing.assert_allclose(model.Q[0, 2, 0], 0.9 * model.V[0].mean(), atol=1e-8)  # untried: uniform over all 4
+
+
+def test_value_iteration_restart_gives_task_horizon_values_warm_start_drifts():
+    """Restarting from V = 0 with max_iters = the task horizon k gives the k-step discounted values of the model
+    (an MDP with 10-step episodes gets 10-step values); warm-starting keeps sweeping towards the infinite-horizon
+    values, because every step adds k more sweeps on top of the last ones."""
+    rng = np.random.default_rng(0)
+    learners = {restart: rl3_meta.ObjectLevelRL(1, np.arange(3), 2, 30, 0.1, 0.95, 0.0, 3, 1.0, restart=restart)
+                for restart in (True, False)}  # fmt: skip
+    for _ in range(30):
+        s, a, s2, r = rng.integers(3), rng.integers(2), rng.integers(3), rng.normal() + 1.0
+        for learner in learners.values():
+            learner.update(np.array([s]), np.array([a]), np.array([r]), np.array([s2]), np.array([False]))
+    model = learners[True]
+    support = model.support.astype(float)
+    P = (model.counts + 0.1 * support[:, None, None]) / (model.visits[..., None] + 0.1 * support.sum(1)[:, None, None, None])
+    R = model.reward_numerator / (model.visits + 0.1 * support.sum(1)[:, None, None])
+    V = np.zeros((1, 4))
+    for _ in range(3):  # exactly 3 sweeps from 0
+        Q = R + 0.95 * np.einsum("bsaz,bz->bsa", P, V)
+        V = Q.max(axis=2) * [1, 1, 1, 0]
+    np.testing.assert_allclose(learners[True].Q, Q, atol=1e-10)
+    assert np.abs(learners[False].V - V).max() > 1.0  # 90 sweeps in all: far beyond the 3-step values
+
+
+def test_bandit_object_level_advantages_rank_arms_by_mean_reward():
+    args = rl3_meta.Args(domain="bandit", horizon=5)
+    rl3_meta.validate(args)
+    model = rl3_meta.object_level_learner(args, bandit.BanditEnv(1, 5))
     for arm, reward in [(0, 1.0), (0, 1.0), (1, 0.0), (1, 1.0), (2, 0.0)]:
-        model.update(np.zeros(1, dtype=np.int64), np.array([arm]), np.array([reward]), np.zeros(1, dtype=np.int64), np.array([True]))
+        model.update(np.zeros(1, dtype=np.int64), np.array([arm]), np.array([reward]), np.zeros(1, dtype=np.int64),
+                     np.array([True]))  # fmt: skip
+    # one sweep from 0: Q(a) = smoothed mean reward of arm a, (N + ls) / (N + 2 ls) times the mean (2 seen states)
+    np.testing.assert_allclose(model.Q[0, 0, :3], [2.1 / 2.2, 2.1 / 2.2 * 0.5, 0.0])
     advantages = model.features(np.zeros(1, dtype=np.int64))[0, :3]
     assert advantages[0] == 0.0 and advantages[0] > advantages[1] > advantages[2]
 
 
-def test_coarse_abstraction_merges_at_most_two_adjacent_cells():
-    args = rl3_meta.Args(algo="rl3-coarse", domain="gridworld", grid_size=11)
+@pytest.mark.parametrize(
+    "domain,horizon,vi_init,restart,max_iters",
+    [("bandit", 100, "auto", True, 1), ("mdp", 256, "auto", True, 10), ("mdp", 6, "auto", True, 6),
+     ("gridworld", 250, "auto", False, 250), ("gridworld", 40, "auto", True, 40), ("gridworld", 250, "zeros", True, 250),
+     ("mdp", 100, "warm", False, 10)],
+)  # fmt: skip
+def test_value_iteration_start_rule(domain, horizon, vi_init, restart, max_iters):
+    args = rl3_meta.Args(domain=domain, horizon=horizon, vi_init=vi_init)
     rl3_meta.validate(args)
-    env = gridworld.GridworldEnv(1, args.horizon, "standard", 11)
-    phi = rl3_meta.state_abstraction(args, env)
-    assert phi.max() + 1 == 11 * 6
-    for cluster in range(phi.max() + 1):
-        cells = np.flatnonzero(phi == cluster)
-        assert 1 <= len(cells) <= 2
-        if len(cells) == 2:
-            (r1, c1), (r2, c2) = divmod(cells[0], 11), divmod(cells[1], 11)
-            assert abs(r1 - r2) + abs(c1 - c2) == 1
-    args.algo = "rl3"
-    assert np.array_equal(rl3_meta.state_abstraction(args, env), np.arange(121))
+    model = rl3_meta.object_level_learner(args, rl3_meta.make_env(args, 1))
+    assert (model.restart, model.max_iters) == (restart, max_iters)
+
+
+def test_coarse_abstraction_merges_at_most_two_adjacent_cells():
+    for size in gridworld.SIZES:
+        args = rl3_meta.Args(algo="rl3-coarse", domain="gridworld", grid_size=size)
+        rl3_meta.validate(args)
+        env = gridworld.GridworldEnv(1, args.horizon, "standard", size)
+        phi = rl3_meta.state_abstraction(args, env)
+        assert phi.max() + 1 == size * (size + 1) // 2
+        for cluster in range(phi.max() + 1):
+            cells = np.flatnonzero(phi == cluster)
+            assert 1 <= len(cells) <= 2
+            if len(cells) == 2:
+                (r1, c1), (r2, c2) = divmod(cells[0], size), divmod(cells[1], size)
+                assert abs(r1 - r2) + abs(c1 - c2) == 1
+        args.algo = "rl3"
+        assert np.array_equal(rl3_meta.state_abstraction(args, env), np.arange(size * size))
 
 
 def test_incremental_decoding_matches_full_causal_forward():
     torch.manual_seed(0)
-    args = rl3_meta.Args()
-    net = rl3_meta.CausalTransformer(7, 3, 12, args, head_std=1.0)
+    net = rl3_meta.CausalTransformer(7, 3, 12, rl3_meta.Args(), head_std=1.0)
     x = torch.randn(5, 12, 7)
     full = net(x)
     cache = net.new_cache(5)
     steps = torch.stack([net.step(x[:, t], t, cache) for t in range(12)], dim=1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)
-    # causality: changing a later input leaves earlier outputs unchanged
     x2 = x.clone()
-    x2[:, 8:] += 1.0
+    x2[:, 8:] += 1.0  # causality: changing a later input leaves earlier outputs unchanged
     torch.testing.assert_close(net(x2)[:, :8], full[:, :8])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 autocast: same outputs up to bf16 rounding
+        cache = net.new_cache(5)
+        steps = torch.stack([net.step(x[:, t], t, cache).float() for t in range(12)], dim=1)
+    torch.testing.assert_close(steps, full, atol=0.1, rtol=0.05)
 
 
 def test_rl2_and_rl3_inputs_differ_only_by_the_object_level_vector():
     for algo, extra in [("rl2", 0), ("rl3", 11), ("rl3-coarse", 11)]:
         args = rl3_meta.Args(algo=algo, domain="bandit")
         rl3_meta.validate(args)
-        env = bandit.BanditEnv(1, 100)
-        assert rl3_meta.input_dim(args, env) == 5 + 4 + 1 + extra
+        assert rl3_meta.input_dim(args, bandit.BanditEnv(1, 100)) == 5 + 4 + 1 + extra
 
 
-def test_learning_beats_random_on_bandits(runs):
-    stdout, results, _ = finish(runs, "learning")
-    result = results["eval"]["uniform"]
+def test_bf16_run_writes_fp32_checkpoint(tmp_path, capsys):
+    code, _, err, run_dir = train(tmp_path, capsys, "--precision", "bf16", "--domain", "bandit", "--horizon", "10",
+                                  "--total-timesteps", "40", "--ood", "none", *TINY)  # fmt: skip
+    assert code == 0, err
+    model = torch.load(os.path.join(run_dir, "agent.pt"), weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 for v in model.values())
+
+
+def test_learning_beats_random_on_bandits(tmp_path, capsys):
+    code, out, err, run_dir = train(tmp_path, capsys, "--algo", "rl3", "--domain", "bandit", "--horizon", "20",
+                                    "--num-tasks", "64", "--minibatch-size", "320", "--learning-rate", "2e-3",
+                                    "--ent-coef", "0.01", "--target-kl", "0.05", "--total-timesteps", "12800",
+                                    "--eval-episodes", "200", "--ood", "none")  # fmt: skip
+    assert code == 0, err
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        result = json.load(f)["eval"]["uniform"]
     rl, random_policy = result["rl"]["normalized_mean"], result["random"]["normalized_mean"]
-    standard_error = result["rl"]["normalized_std"] / np.sqrt(200)
-    assert rl > random_policy + 0.05 and rl > random_policy + 3 * standard_error, stdout
+    assert rl > random_policy + 0.05 and rl > random_policy + 3 * result["rl"]["normalized_std"] / np.sqrt(200), out
