@@ -112,8 +112,8 @@ class Args:
     """also play every pair involving an absolute agent through a latent space translation fitted on anchor states"""
     translate_method: str = "procrustes"
     """procrustes (centre, scale, orthogonal map by SVD) or affine (least squares)"""
-    translate_anchors: int = 3136
-    """anchor states of the default recipe the translation is fitted on"""
+    translate_anchors: int = 1024
+    """anchor states (evenly spaced in the default 3136-frame anchor set) the translation is fitted on"""
     exclude_same_seed: bool = False
     """drop pairs whose encoder and policy runs share a seed (they started from the same weights)"""
     num_tracks: int = 5
@@ -658,7 +658,7 @@ def check_args(args: Args) -> None:
          "an integer >= 1"),
         ("--play-on", args.play_on, args.play_on in PLAY_ON, " or ".join(PLAY_ON)),
         ("--translate-method", args.translate_method, args.translate_method in TRANSLATE_METHODS, " or ".join(TRANSLATE_METHODS)),
-        ("--translate-anchors", args.translate_anchors, 2 <= args.translate_anchors <= 4000, "an integer in [2, 4000]"),
+        ("--translate-anchors", args.translate_anchors, 2 <= args.translate_anchors <= 3136, "an integer in [2, 3136]"),
         ("--video-steps", args.video_steps, args.video_steps >= 1, "an integer >= 1"),
     ):  # fmt: skip
         if not ok:
@@ -678,8 +678,9 @@ def fit_translations(args: Args, checkpoints: list[dict], agents: list, todo: se
         for i in (a, b):
             if i not in anchor_latents:
                 m = checkpoints[i]["metadata"]
-                anchors = load_anchor_set(m["bg_color"], view=m["view"], num_anchors=args.translate_anchors)
-                anchor_latents[i] = frame_latents(agents[i][0], torch.from_numpy(anchors.frames))
+                frames = load_anchor_set(m["bg_color"], view=m["view"]).frames
+                chosen = np.linspace(0, len(frames) - 1, min(args.translate_anchors, len(frames))).round().astype(int)
+                anchor_latents[i] = frame_latents(agents[i][0], torch.from_numpy(frames[chosen]))
         translation = fit_translation(anchor_latents[a], anchor_latents[b], args.translate_method)
         paths[a, b] = str(folder / f"translation_{a}_{b}.pt")
         torch.save(translation, paths[a, b])

@@ -203,7 +203,7 @@ def test_outputs_pooling_and_refusals(tmp_path, capsys, monkeypatch):
     # --translate: absolute pairs are played raw and through a map fitted on anchor states (a small anchor set
     # here); relative (16-d) <-> absolute (3136-d) pairs cannot be maps of equal size
     small = AnchorRecipe(track_seeds=(2,), steps_per_track=40, num_anchors=32)
-    monkeypatch.setattr(stitch_eval, "load_anchor_set", lambda bg_color, view, num_anchors: load_anchor_set(bg_color, view=view, recipe=small))
+    monkeypatch.setattr(stitch_eval, "load_anchor_set", lambda bg_color, view: load_anchor_set(bg_color, view=view, recipe=small))
     extra = save_agent_checkpoint(tmp_path / "extra" / "green_abs_s6" / "agent.pt", "green", relative=False, seed=6)
     stitch_eval.main(Args(checkpoints=(str(runs / "*"), str(extra)), num_tracks=1, max_episode_steps=4, workers=1,
                           out_dir=str(tmp_path / "out2"), exclude_same_seed=True, translate=True))  # fmt: skip
