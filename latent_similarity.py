@@ -48,7 +48,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import itertools
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -141,7 +140,9 @@ def describe(index: int, meta: dict, path: Path) -> str:
     return f"[{index}] {meta['bg_color']} {meta['view']} {meta['task']} {meta['algorithm']} {kind} seed {meta['seed']} ({path.parent.name})"
 
 
-def plot_pair(matrices: dict[str, np.ndarray], merits: dict[str, dict], name1: str, name2: str, note: str | None, path: Path) -> None:
+def plot_pair(
+    matrices: dict[str, np.ndarray], merits: dict[str, dict], name1: str, name2: str, note: str | None, path: Path
+) -> None:
     """Figures 3-5: absolute and relative similarity matrices side by side, each with its colour bar (spanning
     the matrix's own range, so that structure shows even when all similarities are close)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
@@ -152,19 +153,26 @@ def plot_pair(matrices: dict[str, np.ndarray], merits: dict[str, dict], name1: s
             continue
         image = ax.imshow(matrices[kind], cmap="viridis", interpolation="nearest")  # colour range: the matrix's own
         m = merits[kind]
-        ax.set_title(f"{kind}: diag {m['diagonal']:.2f}, off-diag {m['off_diagonal']:.2f}, retrieval {m['retrieval']:.2f}", fontsize=9)
+        ax.set_title(
+            f"{kind}: diag {m['diagonal']:.2f}, off-diag {m['off_diagonal']:.2f}, retrieval {m['retrieval']:.2f}", fontsize=9
+        )
         ax.set_xlabel(f"frame j, E2(x_j): {name2}", fontsize=8)
         ax.set_ylabel(f"frame i, E1(x_i): {name1}", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046, label="cosine similarity")
-    fig.suptitle(r"$\cos(E_1(x_i^{(1)}), E_2(x_j^{(2)}))$: the same actions on the same track, each encoder in its own colour and view")
+    fig.suptitle(
+        r"$\cos(E_1(x_i^{(1)}), E_2(x_j^{(2)}))$: the same actions on the same track, each encoder in its own colour and view"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(args: Args) -> None:
-    for name, value, minimum in (("--num-steps", args.num_steps, 2), ("--retrieval-window", args.retrieval_window, 0),
-                                 ("--torch-threads", args.torch_threads, 1)):
+    for name, value, minimum in (
+        ("--num-steps", args.num_steps, 2),
+        ("--retrieval-window", args.retrieval_window, 0),
+        ("--torch-threads", args.torch_threads, 1),
+    ):
         if value < minimum:
             raise UserError(f"{name} {value} is invalid; accepted: an integer >= {minimum}")
     paths = expand_checkpoint_paths(args.checkpoints)
@@ -187,7 +195,9 @@ def main(args: Args) -> None:
         actions = greedy_gym_actions(expand_checkpoint_paths([args.actions_from])[0], args.track_seed, args.num_steps)
         source = f"greedy actions of {args.actions_from}"
     if len(actions) < 2:
-        raise UserError(f"the replay from {source} on track {args.track_seed} ends after {len(actions)} step; accepted: a source that drives >= 2 steps")
+        raise UserError(
+            f"the replay from {source} on track {args.track_seed} ends after {len(actions)} step; accepted: a source that drives >= 2 steps"
+        )
     print(f"replaying {len(actions)} actions ({source}) on track {args.track_seed}")
 
     frames = {}  # one replay per (colour, view) that some encoder sees
@@ -209,8 +219,17 @@ def main(args: Args) -> None:
         merits = {kind: figures_of_merit(matrix, args.retrieval_window) for kind, matrix in matrices.items()}
         figure = out_dir / f"similarity_{i}_{j}.png"
         plot_pair(matrices, merits, names[i], names[j], note, figure)
-        results.append({"encoder_1": names[i], "path_1": str(paths[i]), "encoder_2": names[j], "path_2": str(paths[j]),
-                        "figure": str(figure), "relative_note": note, **merits})
+        results.append(
+            {
+                "encoder_1": names[i],
+                "path_1": str(paths[i]),
+                "encoder_2": names[j],
+                "path_2": str(paths[j]),
+                "figure": str(figure),
+                "relative_note": note,
+                **merits,
+            }
+        )
 
     width = max(len(name) for name in names)
     header = f"{'E1':<{width}} {'E2':<{width}} {'latent':<9} {'diag':>6} {'offdiag':>8} {'retrieval':>9}"
@@ -219,11 +238,19 @@ def main(args: Args) -> None:
         for kind in ("absolute", "relative"):
             if kind in r:
                 m = r[kind]
-                lines.append(f"{r['encoder_1']:<{width}} {r['encoder_2']:<{width}} {kind:<9} {m['diagonal']:>6.3f} {m['off_diagonal']:>8.3f} {m['retrieval']:>9.3f}")
+                lines.append(
+                    f"{r['encoder_1']:<{width}} {r['encoder_2']:<{width}} {kind:<9} {m['diagonal']:>6.3f} {m['off_diagonal']:>8.3f} {m['retrieval']:>9.3f}"
+                )
             else:
                 lines.append(f"{r['encoder_1']:<{width}} {r['encoder_2']:<{width}} {kind:<9} n/a: {r['relative_note']}")
     print("\n".join(lines))
-    summary = {"args": asdict(args), "actions": source, "track_seed": args.track_seed, "num_frames": len(actions), "pairs": results}
+    summary = {
+        "args": asdict(args),
+        "actions": source,
+        "track_seed": args.track_seed,
+        "num_frames": len(actions),
+        "pairs": results,
+    }
     (out_dir / "similarity_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wrote {len(results)} figures and similarity_summary.json to {out_dir}")
 

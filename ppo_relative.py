@@ -10,6 +10,7 @@ heads), kept as two modules because stitching combines the encoder of one run wi
 
 Every run writes `runs/{run_name}/agent.pt` (the checkpoint contract, docs/checkpoints.md) and TensorBoard logs.
 """
+
 import functools
 import os
 import random
@@ -216,8 +217,14 @@ class Encoder(nn.Module):
     `relative`, each frame's embedding is projected on the anchors (R3L projects stacked frames one
     by one and concatenates them). Output size: frame_stack * (num_anchors if relative else 3136)."""
 
-    def __init__(self, frame_stack: int = 1, relative: bool = True, num_anchors: int = 3136,
-                 anchor_ema: float = 0.999, standardize: bool = False):
+    def __init__(
+        self,
+        frame_stack: int = 1,
+        relative: bool = True,
+        num_anchors: int = 3136,
+        anchor_ema: float = 0.999,
+        standardize: bool = False,
+    ):
         super().__init__()
         self.frame_stack = frame_stack
         self.cnn = nn.Sequential(
@@ -285,8 +292,19 @@ def make_env(bg_color: str, task: str, frame_stack: int, view: str):
 
 
 @torch.no_grad()
-def evaluate(encoder: Encoder, policy: Policy, bg_color: str, task: str, frame_stack: int, episodes: int, seed: int,
-             device, max_steps: Optional[int] = None, video_dir: Optional[str] = None, view: str = "near") -> list[float]:
+def evaluate(
+    encoder: Encoder,
+    policy: Policy,
+    bg_color: str,
+    task: str,
+    frame_stack: int,
+    episodes: int,
+    seed: int,
+    device,
+    max_steps: Optional[int] = None,
+    video_dir: Optional[str] = None,
+    view: str = "near",
+) -> list[float]:
     """Deterministic (argmax) episodes on fresh tracks `seed`, `seed + 1`, ...; returns the episodic returns.
     `max_steps` cuts episodes short (tests); `video_dir` receives one GIF of the agent's view per episode."""
     env = make_color_car_racing(bg_color, task, frame_stack, view=view)
@@ -365,16 +383,24 @@ def validate_args(args: Args) -> None:
     anchor_pool = len(AnchorRecipe().track_seeds) * args.anchor_steps_per_track
     checks = [
         (args.frame_stack >= 1, "--frame-stack", args.frame_stack, "an integer >= 1"),
-        (1 <= args.num_anchors <= anchor_pool, "--num-anchors", args.num_anchors,
-         f"an integer in [1, {anchor_pool}] (the anchor pool: 4 tracks * --anchor-steps-per-track)"),
+        (
+            1 <= args.num_anchors <= anchor_pool,
+            "--num-anchors",
+            args.num_anchors,
+            f"an integer in [1, {anchor_pool}] (the anchor pool: 4 tracks * --anchor-steps-per-track)",
+        ),
         (0.0 <= args.anchor_ema < 1.0, "--anchor-ema", args.anchor_ema, "a float in [0, 1)"),
         (args.anchor_steps_per_track >= 1, "--anchor-steps-per-track", args.anchor_steps_per_track, "an integer >= 1"),
         (args.num_envs >= 1, "--num-envs", args.num_envs, "an integer >= 1"),
         (args.num_steps >= 1, "--num-steps", args.num_steps, "an integer >= 1"),
         (args.num_minibatches >= 1, "--num-minibatches", args.num_minibatches, "an integer >= 1"),
         (args.update_epochs >= 1, "--update-epochs", args.update_epochs, "an integer >= 1"),
-        (args.total_timesteps >= args.num_envs * args.num_steps, "--total-timesteps", args.total_timesteps,
-         f"an integer >= --num-envs * --num-steps = {args.num_envs * args.num_steps} (one PPO iteration)"),
+        (
+            args.total_timesteps >= args.num_envs * args.num_steps,
+            "--total-timesteps",
+            args.total_timesteps,
+            f"an integer >= --num-envs * --num-steps = {args.num_envs * args.num_steps} (one PPO iteration)",
+        ),
         (args.learning_rate > 0, "--learning-rate", args.learning_rate, "a float > 0"),
         (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
         (0.0 <= args.gae_lambda <= 1.0, "--gae-lambda", args.gae_lambda, "a float in [0, 1]"),
@@ -384,8 +410,12 @@ def validate_args(args: Args) -> None:
         (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (0: only at the end)"),
         (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
         (args.torch_threads >= 1, "--torch-threads", args.torch_threads, "an integer >= 1"),
-        (not args.capture_video or args.eval_episodes >= 1, "--capture-video with --eval-episodes",
-         args.eval_episodes, "--eval-episodes >= 1 (videos are taken during the final evaluation)"),
+        (
+            not args.capture_video or args.eval_episodes >= 1,
+            "--capture-video with --eval-episodes",
+            args.eval_episodes,
+            "--eval-episodes >= 1 (videos are taken during the final evaluation)",
+        ),
     ]
     for ok, flag, value, accepted in checks:
         if not ok:
@@ -516,8 +546,9 @@ if __name__ == "__main__":
     # the anchors after every gradient step with coefficient a; one step with a^K, K = gradient steps per
     # iteration, keeps that time scale (1 / (1 - a) gradient steps; ~62 iterations at the defaults).
     updates_per_iteration = args.update_epochs * args.num_minibatches
-    encoder = Encoder(args.frame_stack, args.relative, args.num_anchors, args.anchor_ema**updates_per_iteration,
-                      args.anchor_standardize).to(device)
+    encoder = Encoder(
+        args.frame_stack, args.relative, args.num_anchors, args.anchor_ema**updates_per_iteration, args.anchor_standardize
+    ).to(device)
     policy = Policy(encoder.latent_dim, num_actions).to(device)
     optimizer = torch.optim.Adam(list(encoder.parameters()) + list(policy.parameters()), lr=args.learning_rate, eps=1e-5)
     anchor_frames = torch.from_numpy(anchor_set.frames).to(device) if anchor_set is not None else None
@@ -535,8 +566,10 @@ if __name__ == "__main__":
             optimizer.load_state_dict(checkpoint["training_state"]["optimizer"])
             torch.set_rng_state(checkpoint["training_state"]["torch_rng_state"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            fail(f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
-                 "accepted: an unmodified ppo_relative.py checkpoint")
+            fail(
+                f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
+                "accepted: an unmodified ppo_relative.py checkpoint"
+            )
         global_step = checkpoint["metadata"]["global_step"]
         # the simulator's state is not in the checkpoint: the resumed run starts new episodes on tracks
         # seeded from (seed, iteration), so a resumed run is reproducible but not identical to an uninterrupted one
@@ -544,7 +577,11 @@ if __name__ == "__main__":
         print(f"resumed {run_name} at global_step={global_step} (iteration {start_iteration - 1})")
 
     def write_checkpoint(iteration: int, step: int) -> None:
-        training_state = {"optimizer": optimizer.state_dict(), "iteration": iteration, "torch_rng_state": torch.get_rng_state()}
+        training_state = {
+            "optimizer": optimizer.state_dict(),
+            "iteration": iteration,
+            "torch_rng_state": torch.get_rng_state(),
+        }
         metadata = checkpoint_metadata(args, num_actions, encoder.latent_dim, anchor_set_id, step)
         save_atomic(agent_payload(encoder, policy, metadata, training_state), os.path.join(run_dir, AGENT_FILE))
 
@@ -564,8 +601,14 @@ if __name__ == "__main__":
     next_obs = torch.as_tensor(next_obs, device=device)
     next_is_reset = torch.zeros(args.num_envs, dtype=torch.bool, device=device)
     recent_returns = deque(maxlen=20)
-    progress = tqdm(total=num_iterations * batch_size, initial=global_step, unit="step", dynamic_ncols=True,
-                    mininterval=2.0, smoothing=0.05)
+    progress = tqdm(
+        total=num_iterations * batch_size,
+        initial=global_step,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=2.0,
+        smoothing=0.05,
+    )
 
     completed_iteration, completed_step = start_iteration - 1, global_step
     for iteration in range(start_iteration, num_iterations + 1):
@@ -660,9 +703,7 @@ if __name__ == "__main__":
                 # Value loss
                 if args.clip_vloss:
                     v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(
-                        newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
-                    )
+                    v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef)
                     v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
                     v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
                 else:
@@ -702,7 +743,9 @@ if __name__ == "__main__":
         progress.set_postfix_str(f"SPS={sps} return(last {len(recent_returns)})={recent}", refresh=False)
 
         completed_iteration, completed_step = iteration, global_step
-        crossed_save_point = args.save_every > 0 and global_step // args.save_every > (global_step - batch_size) // args.save_every
+        crossed_save_point = (
+            args.save_every > 0 and global_step // args.save_every > (global_step - batch_size) // args.save_every
+        )
         if crossed_save_point and iteration < num_iterations:
             write_checkpoint(iteration, global_step)
 
@@ -719,10 +762,22 @@ if __name__ == "__main__":
 
     if args.eval_episodes > 0:
         video_dir = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(encoder, policy, args.bg_color, args.task, args.frame_stack, args.eval_episodes,
-                                args.seed + 10_000, device, video_dir=video_dir, view=args.view)
+        eval_returns = evaluate(
+            encoder,
+            policy,
+            args.bg_color,
+            args.task,
+            args.frame_stack,
+            args.eval_episodes,
+            args.seed + 10_000,
+            device,
+            video_dir=video_dir,
+            view=args.view,
+        )
         for episode, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
-        print(f"eval_return_mean={np.mean(eval_returns):.2f} eval_return_std={np.std(eval_returns):.2f} "
-              f"({args.eval_episodes} deterministic episodes on tracks {args.seed + 10_000}..)")
+        print(
+            f"eval_return_mean={np.mean(eval_returns):.2f} eval_return_std={np.std(eval_returns):.2f} "
+            f"({args.eval_episodes} deterministic episodes on tracks {args.seed + 10_000}..)"
+        )
     writer.close()

@@ -336,11 +336,12 @@ def kickstarting_cross_entropy(teacher_logits, student_logits):
 
 def make_envs(args: Args, num_envs: int) -> gym.vector.VectorEnv:
     """`num_envs` copies of the target task; episode statistics from RecordEpisodeStatistics infos."""
-    if args.env == "gridworld":
-        thunk = lambda: transfer_gridworld.TransferGridworld(args.task)  # noqa: E731
-    else:
-        thunk = lambda: car_racing.make_color_car_racing(args.bg_color, args.task, args.frame_stack,  # noqa: E731
-                                                         reward=args.reward, view=args.view)
+
+    def thunk():
+        if args.env == "gridworld":
+            return transfer_gridworld.TransferGridworld(args.task)
+        return car_racing.make_color_car_racing(args.bg_color, args.task, args.frame_stack, reward=args.reward, view=args.view)
+
     return gym.wrappers.vector.RecordEpisodeStatistics(gym.vector.SyncVectorEnv([thunk] * num_envs))
 
 
@@ -351,8 +352,10 @@ def rollout(agent, envs, state: dict, num_steps: int, episode_stats: list, stop,
     obs, actions, logprobs (of the acting policy), rewards, terminations, dones, valid, and next_obs (N, ...);
     None if a stop was requested meanwhile. Finished episodes' (return, length) go to `episode_stats`."""
     device, n = state["obs"].device, envs.num_envs
-    batch = {"obs": torch.zeros((num_steps, n) + state["obs"].shape[1:], dtype=state["obs"].dtype, device=device),
-             "actions": torch.zeros((num_steps, n), dtype=torch.long, device=device)}
+    batch = {
+        "obs": torch.zeros((num_steps, n) + state["obs"].shape[1:], dtype=state["obs"].dtype, device=device),
+        "actions": torch.zeros((num_steps, n), dtype=torch.long, device=device),
+    }
     for key in ("logprobs", "rewards", "terminations", "dones", "valid"):
         batch[key] = torch.zeros((num_steps, n), device=device)
     for t in range(num_steps):
@@ -382,8 +385,16 @@ def advantages_of(agent: Agent, batch: dict, args: Args):
     """GAE advantages, returns and values of a rollout under the student's current critic."""
     values = batched(lambda o: agent(o)[1], batch["obs"].flatten(0, 1)).reshape(batch["rewards"].shape)
     next_value = batched(lambda o: agent(o)[1], batch["next_obs"])
-    advantages, returns = compute_gae(batch["rewards"], values, next_value, batch["terminations"], batch["dones"],
-                                      batch["valid"], args.gamma, args.gae_lambda)
+    advantages, returns = compute_gae(
+        batch["rewards"],
+        values,
+        next_value,
+        batch["terminations"],
+        batch["dones"],
+        batch["valid"],
+        args.gamma,
+        args.gae_lambda,
+    )
     return advantages, returns, values
 
 
@@ -392,8 +403,12 @@ def build_agent(metadata: dict) -> Agent:
     if "observation_shape" in metadata:  # gridworld
         policy = MLPPolicy(metadata["observation_shape"][0], metadata["num_actions"], metadata["hidden_size"])
         return Agent(nn.Identity(), policy)
-    encoder = Encoder(metadata["frame_stack"], metadata["relative"], metadata["num_anchors"] or NATURE_CNN_LATENT,
-                      metadata["anchor_standardize"])
+    encoder = Encoder(
+        metadata["frame_stack"],
+        metadata["relative"],
+        metadata["num_anchors"] or NATURE_CNN_LATENT,
+        metadata["anchor_standardize"],
+    )
     return Agent(encoder, Policy(encoder.latent_dim, metadata["num_actions"]))
 
 
@@ -424,25 +439,35 @@ def load_teacher(args: Args, envs, device) -> tuple[Agent, dict]:
     teacher_obs = tuple(metadata["observation_shape"]) if teacher_env == "gridworld" else frames
     target_obs = tuple(envs.single_observation_space.shape)
     if teacher_obs != target_obs:
-        raise ValueError(f"--teacher {path!r} observes shape {teacher_obs} ({teacher_env}) but the target task observes "
-                         f"{target_obs} ({args.env}); accepted: a teacher with the target's observation space")
+        raise ValueError(
+            f"--teacher {path!r} observes shape {teacher_obs} ({teacher_env}) but the target task observes "
+            f"{target_obs} ({args.env}); accepted: a teacher with the target's observation space"
+        )
     if teacher_env == "carracing" and metadata["task"] not in car_racing.TASKS:
         raise ValueError(f"--teacher {path!r} was trained on unknown CarRacing task {metadata['task']!r}")
-    spec = lambda env, task, n: ("gridworld moves", tuple(range(n))) if env == "gridworld" else (  # noqa: E731
-        f"CarRacing task {task!r}", tuple(car_racing.TASKS[task]["actions"]))
+
+    def spec(env: str, task: str, n: int) -> tuple[str, tuple]:
+        if env == "gridworld":
+            return "gridworld moves", tuple(range(n))
+        return f"CarRacing task {task!r}", tuple(car_racing.TASKS[task]["actions"])
+
     teacher_actions = spec(teacher_env, metadata["task"], metadata["num_actions"])
     target_actions = spec(args.env, args.task, int(envs.single_action_space.n))
     if teacher_actions != target_actions:
-        raise ValueError(f"--teacher {path!r} acts with {teacher_actions[0]} {teacher_actions[1]} but the target task "
-                         f"acts with {target_actions[0]} {target_actions[1]}; accepted: a teacher with its action space")
+        raise ValueError(
+            f"--teacher {path!r} acts with {teacher_actions[0]} {teacher_actions[1]} but the target task "
+            f"acts with {target_actions[0]} {target_actions[1]}; accepted: a teacher with its action space"
+        )
     with torch.random.fork_rng(devices=[]):
         teacher = build_agent(metadata)
     try:
         teacher.encoder.load_state_dict(checkpoint["encoder"])
         teacher.policy.load_state_dict(checkpoint["policy"])
     except (RuntimeError, KeyError) as e:
-        raise ValueError(f"--teacher {path!r} does not match the networks its metadata describes "
-                         f"({str(e).strip().splitlines()[0]}); accepted: an unmodified checkpoint") from None
+        raise ValueError(
+            f"--teacher {path!r} does not match the networks its metadata describes "
+            f"({str(e).strip().splitlines()[0]}); accepted: an unmodified checkpoint"
+        ) from None
     return teacher.to(device).eval().requires_grad_(False), metadata
 
 
@@ -453,8 +478,10 @@ if __name__ == "__main__":
         if args.resume is not None:
             checkpoint = read_checkpoint(args.resume, "--resume")
             if checkpoint["metadata"].get("algorithm") != "repaint" or "optimizer" not in checkpoint["training_state"]:
-                raise ValueError(f"--resume {args.resume!r} holds a {checkpoint['metadata'].get('algorithm')!r} run "
-                                 "without REPAINT's training state; accepted: a checkpoint written by repaint_ppo.py")
+                raise ValueError(
+                    f"--resume {args.resume!r} holds a {checkpoint['metadata'].get('algorithm')!r} run "
+                    "without REPAINT's training state; accepted: a checkpoint written by repaint_ppo.py"
+                )
             # nanoGPT-style: the checkpoint's flags, except the RESUME_FREE_FLAGS given on the command line
             stored, defaults, values = checkpoint["metadata"]["args"], Args(), {}
             for f in fields(Args):
@@ -463,15 +490,24 @@ if __name__ == "__main__":
                     values[f.name] = stored[f.name] if given == getattr(defaults, f.name) and f.name in stored else given
                 elif given not in (getattr(defaults, f.name), stored[f.name]):
                     free = ", ".join("--" + name.replace("_", "-") for name in RESUME_FREE_FLAGS[1:])
-                    raise ValueError(f"--{f.name.replace('_', '-')} {given!r} differs from the resumed run's "
-                                     f"{stored[f.name]!r}; accepted: leave it out or pass the stored value "
-                                     f"(only {free} may change)")
+                    raise ValueError(
+                        f"--{f.name.replace('_', '-')} {given!r} differs from the resumed run's "
+                        f"{stored[f.name]!r}; accepted: leave it out or pass the stored value "
+                        f"(only {free} may change)"
+                    )
                 else:
                     values[f.name] = stored[f.name]
             args = Args(**values)
         # validate the flags (one-line ValueError naming the first bad one) and fill the defaults that depend on --env
-        choices = {"env": ENVS, "transfer": TRANSFERS, "beta_schedule": BETA_SCHEDULES, "precision": PRECISIONS,
-                   "teacher_adv_norm": TEACHER_ADV_NORMS, "view": tuple(car_racing.VIEWS), "reward": car_racing.REWARDS}
+        choices = {
+            "env": ENVS,
+            "transfer": TRANSFERS,
+            "beta_schedule": BETA_SCHEDULES,
+            "precision": PRECISIONS,
+            "teacher_adv_norm": TEACHER_ADV_NORMS,
+            "view": tuple(car_racing.VIEWS),
+            "reward": car_racing.REWARDS,
+        }
         for flag, value, accepted in ((f"--{k.replace('_', '-')}", getattr(args, k), v) for k, v in choices.items()):
             if value not in accepted:
                 raise ValueError(f"unknown {flag} {value!r}; accepted: {', '.join(accepted)}")
@@ -489,11 +525,15 @@ if __name__ == "__main__":
             except ValueError as e:
                 raise ValueError(f"bad --bg-color: {e}") from None
         if args.capture_video and (args.env != "carracing" or args.eval_episodes < 1):
-            raise ValueError(f"--capture-video with --env {args.env} and --eval-episodes {args.eval_episodes}; accepted: "
-                             "--env carracing and --eval-episodes >= 1 (videos are taken during the final evaluation)")
+            raise ValueError(
+                f"--capture-video with --env {args.env} and --eval-episodes {args.eval_episodes}; accepted: "
+                "--env carracing and --eval-episodes >= 1 (videos are taken during the final evaluation)"
+            )
         if (args.transfer == "none") == bool(args.teacher):
-            raise ValueError(f"--transfer {args.transfer} with --teacher {args.teacher!r}; accepted: a --teacher PATH with "
-                             "ks, it, repaint or warm_start, and no teacher with none")
+            raise ValueError(
+                f"--transfer {args.transfer} with --teacher {args.teacher!r}; accepted: a --teacher PATH with "
+                "ks, it, repaint or warm_start, and no teacher with none"
+            )
         if args.learning_rate is None:
             args.learning_rate = 1e-3 if args.env == "gridworld" else 2.5e-4
         checks = [(getattr(args, name) >= 1, name, "an integer >= 1") for name in (
@@ -501,18 +541,25 @@ if __name__ == "__main__":
             "beta_decay_iterations")]  # fmt: skip
         checks += [(getattr(args, name) >= 0, name, "a number >= 0") for name in (
             "beta", "alpha_ins", "learning_rate", "clip_coef", "save_every", "eval_episodes")]  # fmt: skip
-        checks += [(0.0 < args.beta_decay <= 1.0, "beta_decay", "a number in (0, 1]"),
-                   (args.teacher_num_steps is None or args.teacher_num_steps >= 1, "teacher_num_steps", "an integer >= 1"),
-                   (args.total_timesteps >= args.num_envs * args.num_steps, "total_timesteps",
-                    f"at least --num-envs * --num-steps = {args.num_envs * args.num_steps} (one iteration)")]
+        checks += [
+            (0.0 < args.beta_decay <= 1.0, "beta_decay", "a number in (0, 1]"),
+            (args.teacher_num_steps is None or args.teacher_num_steps >= 1, "teacher_num_steps", "an integer >= 1"),
+            (
+                args.total_timesteps >= args.num_envs * args.num_steps,
+                "total_timesteps",
+                f"at least --num-envs * --num-steps = {args.num_envs * args.num_steps} (one iteration)",
+            ),
+        ]
         for ok, name, accepted in checks:
             if not ok:
                 raise ValueError(f"bad --{name.replace('_', '-')} {getattr(args, name)!r}; accepted: {accepted}")
         num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)
         start_iteration = 1 if checkpoint is None else checkpoint["training_state"]["iteration"] + 1
         if start_iteration > num_iterations:
-            raise ValueError(f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
-                             f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it")
+            raise ValueError(
+                f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
+                f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it"
+            )
         if checkpoint is None:
             env_name = f"{args.env}-{args.task}" + (f"-{args.view}-{args.reward}" if args.env == "carracing" else "")
             run_name = f"{env_name}__{args.exp_name}__{args.transfer}__{args.seed}__{int(time.time())}"
@@ -539,18 +586,32 @@ if __name__ == "__main__":
 
     # the checkpoint's metadata, which also describes the student's networks: its encoder is absolute, except with
     # warm_start, where the student takes the teacher's architecture (a relative teacher's anchors then stay frozen)
-    metadata = dict(algorithm="repaint", task=args.task, num_actions=int(envs.single_action_space.n), seed=args.seed,
-                    global_step=0, args=asdict(args))
+    metadata = dict(
+        algorithm="repaint",
+        task=args.task,
+        num_actions=int(envs.single_action_space.n),
+        seed=args.seed,
+        global_step=0,
+        args=asdict(args),
+    )
     warm = teacher_metadata if args.transfer == "warm_start" else None
     if args.env == "gridworld":
-        metadata.update(env="gridworld", observation_shape=list(envs.single_observation_space.shape),
-                        hidden_size=warm["hidden_size"] if warm else args.hidden_size)
+        metadata.update(
+            env="gridworld",
+            observation_shape=list(envs.single_observation_space.shape),
+            hidden_size=warm["hidden_size"] if warm else args.hidden_size,
+        )
     else:
         keys = ("relative", "num_anchors", "anchor_set_id", "anchor_standardize")
         metadata.update({k: warm[k] for k in keys} if warm else dict(zip(keys, (False, None, None, False))))
         frame_latent = metadata["num_anchors"] if metadata["relative"] else NATURE_CNN_LATENT
-        metadata.update(bg_color=args.bg_color, view=args.view, reward=args.reward, frame_stack=args.frame_stack,
-                        latent_dim=args.frame_stack * frame_latent)
+        metadata.update(
+            bg_color=args.bg_color,
+            view=args.view,
+            reward=args.reward,
+            frame_stack=args.frame_stack,
+            latent_dim=args.frame_stack * frame_latent,
+        )
     agent = build_agent(metadata).to(device)
     if args.transfer == "warm_start":  # the paper's extra baseline: start from the teacher's weights
         agent.load_state_dict(teacher.state_dict())
@@ -568,8 +629,10 @@ if __name__ == "__main__":
             torch.set_rng_state(state["torch_rng_state"])
             teacher_generator.set_state(state["teacher_rng_state"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            fail(f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
-                 "accepted: an unmodified repaint_ppo.py checkpoint")
+            fail(
+                f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
+                "accepted: an unmodified repaint_ppo.py checkpoint"
+            )
         global_step, teacher_steps = checkpoint["metadata"]["global_step"], state["teacher_steps"]
     # a resumed run drops the TensorBoard events logged after its checkpoint, so the curves do not overlap
     writer = SummaryWriter(run_dir, purge_step=None if checkpoint is None else global_step + 1)
@@ -578,8 +641,13 @@ if __name__ == "__main__":
     checkpoint_path = os.path.join(run_dir, AGENT_FILE)
 
     def write_checkpoint(iteration: int, step: int) -> None:
-        training_state = {"optimizer": optimizer.state_dict(), "iteration": iteration, "teacher_steps": teacher_steps,
-                          "torch_rng_state": torch.get_rng_state(), "teacher_rng_state": teacher_generator.get_state()}
+        training_state = {
+            "optimizer": optimizer.state_dict(),
+            "iteration": iteration,
+            "teacher_steps": teacher_steps,
+            "torch_rng_state": torch.get_rng_state(),
+            "teacher_rng_state": teacher_generator.get_state(),
+        }
         payload = agent_payload(agent.encoder, agent.policy, dict(metadata, global_step=step), training_state)
         save_atomic(payload if args.env == "carracing" else dict(payload, format=GRIDWORLD_FORMAT), checkpoint_path)
 
@@ -606,8 +674,9 @@ if __name__ == "__main__":
             episode_stats, teacher_episode_stats = [], []
             batch = rollout(agent, envs, student_state, args.num_steps, episode_stats, stop)
             if uses_it and batch is not None:
-                teacher_batch = rollout(teacher, teacher_envs, teacher_state, teacher_num_steps, teacher_episode_stats,
-                                        stop, teacher_generator)
+                teacher_batch = rollout(
+                    teacher, teacher_envs, teacher_state, teacher_num_steps, teacher_episode_stats, stop, teacher_generator
+                )
             if stop.requested:  # Ctrl-C / SIGTERM: drop the unfinished iteration, keep the last update
                 break
             global_step += batch_size
@@ -637,8 +706,9 @@ if __name__ == "__main__":
                 kept = select_teacher_samples(teacher_advantages, teacher_batch["valid"], args.zeta).reshape(-1)
                 t_obs = teacher_batch["obs"].flatten(0, 1)[kept]
                 t_actions, t_logprobs = teacher_batch["actions"].reshape(-1)[kept], teacher_batch["logprobs"].reshape(-1)[kept]
-                scale = teacher_advantage_scale(teacher_advantages, teacher_batch["valid"], b_advantages,
-                                                args.teacher_adv_norm)
+                scale = teacher_advantage_scale(
+                    teacher_advantages, teacher_batch["valid"], b_advantages, args.teacher_adv_norm
+                )
                 t_advantages = teacher_advantages.reshape(-1)[kept] / scale
                 kept_fraction = kept.sum().item() / max(teacher_batch["valid"].sum().item(), 1.0)
 
@@ -647,8 +717,11 @@ if __name__ == "__main__":
             clipfracs, ce_losses, ins_losses = [], [], []
             for epoch in range(args.update_epochs):
                 student_mbs = torch.randperm(len(b_obs), device=device).tensor_split(args.num_minibatches)
-                teacher_mbs = (torch.randperm(len(t_obs), device=device, generator=teacher_generator).tensor_split(
-                    args.num_minibatches) if uses_it else [])
+                teacher_mbs = (
+                    torch.randperm(len(t_obs), device=device, generator=teacher_generator).tensor_split(args.num_minibatches)
+                    if uses_it
+                    else []
+                )
                 for i, mb in enumerate(student_mbs):
                     logits = agent(b_obs[mb])[0]
                     log_probs = F.log_softmax(logits, dim=-1)
@@ -688,11 +761,17 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/episodic_length", episodic_length, global_step)
             for episodic_return, _ in teacher_episode_stats:
                 writer.add_scalar("charts/teacher_episodic_return", episodic_return, global_step)
-            scalars = {"charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/SPS": sps,
-                       "charts/iteration": iteration,
-                       "losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item(),
-                       "losses/entropy": entropy.item(), "losses/approx_kl": approx_kl.item(),
-                       "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var}
+            scalars = {
+                "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                "charts/SPS": sps,
+                "charts/iteration": iteration,
+                "losses/value_loss": v_loss.item(),
+                "losses/policy_loss": pg_loss.item(),
+                "losses/entropy": entropy.item(),
+                "losses/approx_kl": approx_kl.item(),
+                "losses/clipfrac": np.mean(clipfracs),
+                "losses/explained_variance": explained_var,
+            }
             line = f"iteration {iteration}/{num_iterations} step {global_step}"
             if episode_stats:
                 line += f" return {np.mean([r for r, _ in episode_stats]):.3f}"
@@ -700,8 +779,13 @@ if __name__ == "__main__":
                 scalars.update({"transfer/beta_k": beta_k, "losses/kickstart_cross_entropy": np.mean(ce_losses)})
                 line += f" beta_k {beta_k:.3f}"
             if uses_it:
-                scalars.update({"transfer/teacher_kept_fraction": kept_fraction, "charts/teacher_steps": teacher_steps,
-                                "transfer/teacher_adv_scale": scale.item()})
+                scalars.update(
+                    {
+                        "transfer/teacher_kept_fraction": kept_fraction,
+                        "charts/teacher_steps": teacher_steps,
+                        "transfer/teacher_adv_scale": scale.item(),
+                    }
+                )
                 if ins_losses:
                     scalars["losses/instance_loss"] = np.mean(ins_losses)
                 line += f" kept {kept_fraction:.2f}"
@@ -747,6 +831,8 @@ if __name__ == "__main__":
             iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), np.stack(episode_frames), duration=20, loop=0)
         for episode, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
-        print(f"eval_return_mean={eval_returns.mean():.3f} eval_return_std={eval_returns.std():.3f} "
-              f"({args.eval_episodes} deterministic episodes, resets {EVAL_SEED}..{EVAL_SEED + args.eval_episodes - 1})")
+        print(
+            f"eval_return_mean={eval_returns.mean():.3f} eval_return_std={eval_returns.std():.3f} "
+            f"({args.eval_episodes} deterministic episodes, resets {EVAL_SEED}..{EVAL_SEED + args.eval_episodes - 1})"
+        )
     writer.close()

@@ -75,7 +75,6 @@ from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
 
 import imageio.v3 as iio  # noqa: E402
-
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
@@ -162,7 +161,9 @@ def expand_checkpoint_paths(patterns: tuple[str, ...] | list[str]) -> list[Path]
             if path.is_dir():
                 path = path / "agent.pt"
             if not path.is_file():
-                raise UserError(f"checkpoint {pattern!r} does not exist; accepted: an agent.pt file or a run directory holding one")
+                raise UserError(
+                    f"checkpoint {pattern!r} does not exist; accepted: an agent.pt file or a run directory holding one"
+                )
             found = [path]
         paths += [p for p in found if p not in paths]
     if not paths:
@@ -201,7 +202,9 @@ def build_agent(checkpoint: dict, path: str | Path) -> tuple[Encoder, torch.nn.M
         encoder.load_state_dict(checkpoint["encoder"])
         policy.load_state_dict(checkpoint["policy"])
     except (RuntimeError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: weights do not match the metadata ({first_line(e)}); accepted: an unmodified agent.pt") from None
+        raise UserError(
+            f"{path}: weights do not match the metadata ({first_line(e)}); accepted: an unmodified agent.pt"
+        ) from None
     return encoder.eval(), policy.eval()
 
 
@@ -298,7 +301,10 @@ def apply_translation(translation: dict, latent: torch.Tensor, frame_stack: int 
         out = frames @ translation["matrix"] + translation["bias"]
     else:
         standardised = (frames - translation["source_mean"]) / translation["source_scale"]
-        out = standardised @ translation["left"] @ translation["right"] * translation["target_scale"] + translation["target_mean"]
+        out = (
+            standardised @ translation["left"] @ translation["right"] * translation["target_scale"]
+            + translation["target_mean"]
+        )
     return out.reshape(latent.shape[0], -1).to(latent.dtype)
 
 
@@ -410,14 +416,23 @@ def label_order(label_meta: dict[str, dict]) -> list[str]:
     def key(label: str):
         m = label_meta[label]
         colour = str(m["bg_color"]).lower()
-        return (colour_rank.get(colour, len(colour_rank)), colour, m["view"], list(TASKS).index(m["task"]), m["algorithm"], label)
+        return (
+            colour_rank.get(colour, len(colour_rank)),
+            colour,
+            m["view"],
+            list(TASKS).index(m["task"]),
+            m["algorithm"],
+            label,
+        )
 
     return sorted(label_meta, key=key)
 
 
 def block_name(encoder_kind: str, policy_kind: str, translated: bool) -> str:
     kinds = {"Rel": "relative", "Abs": "absolute"}
-    name = kinds[encoder_kind] if encoder_kind == policy_kind else f"{kinds[encoder_kind]} encoder, {kinds[policy_kind]} policy"
+    name = (
+        kinds[encoder_kind] if encoder_kind == policy_kind else f"{kinds[encoder_kind]} encoder, {kinds[policy_kind]} policy"
+    )
     return name + (" + translation" if translated else "")
 
 
@@ -441,7 +456,11 @@ def build_blocks(checkpoints: list[dict], pairs: list[dict], exclude_same_seed: 
             continue
         e, p = checkpoints[pair["encoder_index"]], checkpoints[pair["policy_index"]]
         same_seed = e["metadata"]["seed"] == p["metadata"]["seed"]
-        original = same_seed and e["kind"] == p["kind"] and all(e["metadata"][k] == p["metadata"][k] for k in ("bg_color", "view", "task"))
+        original = (
+            same_seed
+            and e["kind"] == p["kind"]
+            and all(e["metadata"][k] == p["metadata"][k] for k in ("bg_color", "view", "task"))
+        )
         if exclude_same_seed and same_seed and not original:
             continue
         block = blocks.setdefault(pair["block"], {"cells": {}, "own": {}, "labels": {}})
@@ -515,7 +534,9 @@ def played_on_table(block: dict) -> str:
             if not cell:
                 entries.append("–")
                 continue
-            spots = sorted({" · ".join(v for k, v in p["played_on"].items() if k != "reward" or v != "standard") for p in cell})
+            spots = sorted(
+                {" · ".join(v for k, v in p["played_on"].items() if k != "reward" or v != "standard") for p in cell}
+            )
             entries.append(", ".join(spots))
         lines.append(f"| {row} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
@@ -610,7 +631,11 @@ def mosaic_gif(rows: list[str], columns: list[str], tiles: dict, path: Path, ste
                     if t >= len(tile["frames"]):  # the episode has ended: grey
                         image = (image.mean(axis=2, keepdims=True).repeat(3, axis=2) * 0.5 + 60).astype(np.uint8)
                     image = draw_text(image, [f"{tile['returns'][k]:.0f}"])
-                cells.append(np.concatenate([draw_text(band, [f"E: {row}"[: size // 6], f"P: {column}"[: size // 6]], xy=(2, 0)), image]))
+                cells.append(
+                    np.concatenate(
+                        [draw_text(band, [f"E: {row}"[: size // 6], f"P: {column}"[: size // 6]], xy=(2, 0)), image]
+                    )
+                )
             grid_rows.append(np.concatenate(cells, axis=1))
         frames.append(np.concatenate([header, *grid_rows], axis=0))
     iio.imwrite(path, np.stack(frames), duration=40, loop=0)

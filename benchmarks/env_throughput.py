@@ -57,7 +57,12 @@ class PhysicsOnlyCarRacing(ColorCarRacing):
         return self.BLANK if mode == "state_pixels" else super()._render(mode)
 
 
-GYMNASIUM, COLOR_GYMNASIUM, COLOR_FAST, PHYSICS = "CarRacing-v3", "ColorCarRacing-v0 gymnasium", "ColorCarRacing-v0 fast", "physics only"
+GYMNASIUM, COLOR_GYMNASIUM, COLOR_FAST, PHYSICS = (
+    "CarRacing-v3",
+    "ColorCarRacing-v0 gymnasium",
+    "ColorCarRacing-v0 fast",
+    "physics only",
+)
 MAKERS = {
     GYMNASIUM: lambda: gym.make("CarRacing-v3", continuous=False),
     COLOR_GYMNASIUM: lambda: gym.make("ColorCarRacing-v0", render_backend="gymnasium"),
@@ -94,7 +99,9 @@ def single_process(args: Args) -> dict[str, float]:
             seconds[name] += time.perf_counter() - start
             cpu_seconds[name] += time.process_time() - cpu_start
     for name in MAKERS:
-        print(f"  {name:32s} {steps[name] / seconds[name]:9.1f} steps/s  ({steps[name] / cpu_seconds[name]:.1f} per CPU second)")
+        print(
+            f"  {name:32s} {steps[name] / seconds[name]:9.1f} steps/s  ({steps[name] / cpu_seconds[name]:.1f} per CPU second)"
+        )
     return {name: steps[name] / seconds[name] for name in MAKERS}
 
 
@@ -136,17 +143,21 @@ def fidelity(args: Args) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(args: Args) -> None:
-    print(f"env_throughput: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, "
-          f"{args.rounds} interleaved rounds of {args.round_seconds:.1f} s")
+    print(
+        f"env_throughput: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, "
+        f"{args.rounds} interleaved rounds of {args.round_seconds:.1f} s"
+    )
     rates = single_process(args)
     for asynchronous in (False, True):
         kind = "async" if asynchronous else "sync"
         name = f"vector {kind} x{args.num_envs} fast"
         print(f"  {name:32s} {vectorised(args, asynchronous):9.1f} steps/s (all envs together)")
     steady, zoom_in = fidelity(args)
-    print(f"fidelity: mean |fast - gymnasium| per channel (RGB, x255), {args.fidelity_states} states after the "
-          f"zoom-in {' '.join(f'{e * 255:.2f}' for e in steady)}, {4 * ZOOM_IN_STEPS} during it "
-          f"{' '.join(f'{e * 255:.2f}' for e in zoom_in)}; bound 4")
+    print(
+        f"fidelity: mean |fast - gymnasium| per channel (RGB, x255), {args.fidelity_states} states after the "
+        f"zoom-in {' '.join(f'{e * 255:.2f}' for e in steady)}, {4 * ZOOM_IN_STEPS} during it "
+        f"{' '.join(f'{e * 255:.2f}' for e in zoom_in)}; bound 4"
+    )
     print(f"fast / physics only: {rates[COLOR_FAST] / rates[PHYSICS]:.2f}")
     print(f"speedup_vs_gymnasium: {rates[COLOR_FAST] / rates[GYMNASIUM]:.1f}")
 

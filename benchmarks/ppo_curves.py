@@ -6,6 +6,7 @@ writes `<out>.csv` (columns run, global_step, episodic_return; plus the final `e
 values with global_step = the run's last step and run = `<label>_eval`) and `<out>.png` (every episode
 and a moving average of `--window` episodes per run).
 """
+
 import argparse
 import csv
 import sys
@@ -45,10 +46,10 @@ def main():
         rows += [(f"{label}_eval", last_step, value) for _, value in scalars(run_dir, "eval/episodic_return")]
         if curve:
             steps, values = np.array(curve).T
-            line, = ax.plot(steps, values, ".", alpha=0.35)
+            (line,) = ax.plot(steps, values, ".", alpha=0.35)
             window = min(args.window, len(values))
             smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            ax.plot(steps[window - 1:], smooth, color=line.get_color(), label=f"{label} (mean of {window})")
+            ax.plot(steps[window - 1 :], smooth, color=line.get_color(), label=f"{label} (mean of {window})")
         print(f"{label}: {len(curve)} episodes, last step {last_step}, final SPS {sps[-1][1] if sps else 'n/a'}")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episodic return")

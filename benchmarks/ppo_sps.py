@@ -17,6 +17,7 @@ ratios the precision and relative-representation targets are stated in:
 environment steps, rollout forwards, the update's minibatch steps (forward, backward, Adam) and the anchor EMA
 step, with the script's own Encoder and Policy, and gives the steps per CPU-second of both modes.
 """
+
 import argparse
 import contextlib
 import os
@@ -91,9 +92,12 @@ def components(args) -> None:
         }
         cpu_per_iteration[precision, relative] = sum(parts.values())
         name = f"{'relative' if relative else 'absolute'} ({precision})"
-        print(f"{name}: " + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items())
-              + f" -> {cpu_per_iteration[precision, relative]:.2f} CPU-s per iteration of {batch} steps "
-              f"({batch / cpu_per_iteration[precision, relative]:.1f} steps per CPU-second)")
+        print(
+            f"{name}: "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items())
+            + f" -> {cpu_per_iteration[precision, relative]:.2f} CPU-s per iteration of {batch} steps "
+            f"({batch / cpu_per_iteration[precision, relative]:.1f} steps per CPU-second)"
+        )
     for precision in args.precisions:
         ratio = cpu_per_iteration[precision, False] / cpu_per_iteration[precision, True]
         print(f"{precision}: relative/absolute steps per CPU-second={ratio:.3f} (relative costs {100 * (1 - ratio):.1f}%)")

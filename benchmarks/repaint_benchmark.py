@@ -90,9 +90,11 @@ def run_repaint(argv: list[str]) -> dict:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         runpy.run_path(SCRIPT, run_name="__main__")
     text = out.getvalue()
-    return {"returns": [float(m.group(1)) if m.group(1) else math.nan for m in ITERATION.finditer(text)],
-            "checkpoint": re.search(r"checkpoint saved to (\S+)", text).group(1),
-            "eval": float(re.search(r"eval_return_mean=(\S+)", text).group(1))}
+    return {
+        "returns": [float(m.group(1)) if m.group(1) else math.nan for m in ITERATION.finditer(text)],
+        "checkpoint": re.search(r"checkpoint saved to (\S+)", text).group(1),
+        "eval": float(re.search(r"eval_return_mean=(\S+)", text).group(1)),
+    }
 
 
 def score_curve(returns: list[float], window: int) -> np.ndarray:
@@ -124,8 +126,11 @@ def main(args: Args):
     started = time.time()
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="repaint-benchmark-")
     cache_path = os.path.splitext(args.out)[0] + ".json"
-    settings = {"total_timesteps": args.total_timesteps, "teacher_timesteps": args.teacher_timesteps,
-                "teacher_seed": args.teacher_seed}
+    settings = {
+        "total_timesteps": args.total_timesteps,
+        "teacher_timesteps": args.teacher_timesteps,
+        "teacher_seed": args.teacher_seed,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
     if cache.get("settings") != settings:
@@ -147,8 +152,20 @@ def main(args: Args):
 
     jobs = {}
     for name, options in TEACHERS.items():
-        submit(jobs, f"teacher {name}", [*common, *options, "--total-timesteps", str(args.teacher_timesteps),
-                                         "--seed", str(args.teacher_seed), "--exp-name", f"teacher_{name}"])
+        submit(
+            jobs,
+            f"teacher {name}",
+            [
+                *common,
+                *options,
+                "--total-timesteps",
+                str(args.teacher_timesteps),
+                "--seed",
+                str(args.teacher_seed),
+                "--exp-name",
+                f"teacher_{name}",
+            ],
+        )
     collect(jobs)
     student = [*common, "--task", "target", "--total-timesteps", str(args.total_timesteps)]
     seeds = range(1, args.seeds + 1)
@@ -157,11 +174,17 @@ def main(args: Args):
         submit(jobs, f"student none - {s}", [*student, "--seed", str(s), "--exp-name", "none"])
         for name in TEACHERS:
             for mode in MODES[1:]:
-                submit(jobs, f"student {mode} {name} {s}", [*student, "--seed", str(s), "--transfer", mode,
-                                                             "--teacher", done[f"teacher {name}"]["checkpoint"]])
+                submit(
+                    jobs,
+                    f"student {mode} {name} {s}",
+                    [*student, "--seed", str(s), "--transfer", mode, "--teacher", done[f"teacher {name}"]["checkpoint"]],
+                )
         for label, (mode, extra) in SWEEPS.items() if args.sweeps else ():
-            submit(jobs, f"student {label} different {s}", [*student, "--seed", str(s), "--transfer", mode, *extra,
-                                                             "--teacher", done["teacher different"]["checkpoint"]])
+            submit(
+                jobs,
+                f"student {label} different {s}",
+                [*student, "--seed", str(s), "--transfer", mode, *extra, "--teacher", done["teacher different"]["checkpoint"]],
+            )
     collect(jobs)
     pool.close()
     pool.join()
@@ -182,13 +205,18 @@ def main(args: Args):
         censored = [num_iterations + 1 if k is None else k for k in ks]
         base = [num_iterations + 1 if k is None else k for k in k_of("none", "-")]
         differences = np.subtract(censored, base)
-        return (f"| {label} | {summary(ks)} | {per_seed} | {sum(differences < 0)}/{len(ks)} | "
-                f"{differences.mean():+.1f} | {np.mean(evals):.3f} +- {np.std(evals):.3f} | "
-                f"{sum(e >= target for e in evals)}/{len(evals)} |")
+        return (
+            f"| {label} | {summary(ks)} | {per_seed} | {sum(differences < 0)}/{len(ks)} | "
+            f"{differences.mean():+.1f} | {np.mean(evals):.3f} +- {np.std(evals):.3f} | "
+            f"{sum(e >= target for e in evals)}/{len(evals)} |"
+        )
 
     num_iterations = len(next(iter(curves.values())))
-    header = ["| teacher / mode | K mean +- std (reached) | K per seed | seeds faster than none | mean paired K - K_none | "
-              "final eval return | final eval >= threshold |", "|---|---|---|---|---|---|---|"]
+    header = [
+        "| teacher / mode | K mean +- std (reached) | K per seed | seeds faster than none | mean paired K - K_none | "
+        "final eval return | final eval >= threshold |",
+        "|---|---|---|---|---|---|---|",
+    ]
     lines = [
         "REPAINT benchmark: transfer gridworld (envs/transfer_gridworld.py), student task 'target' (optimum 0.88)",
         f"command: nice -n 10 python benchmarks/repaint_benchmark.py --seeds {args.seeds} --total-timesteps "
@@ -200,13 +228,20 @@ def main(args: Args):
         f"within {num_iterations}); final eval = one deterministic (argmax) episode after training",
         f"teachers (plain PPO, seed {args.teacher_seed}), deterministic return on their own task: "
         + ", ".join(f"{name} {done[f'teacher {name}']['eval']:.3f}" for name in TEACHERS),
-        "", *header, row("no teacher: none", "none", "-"),
+        "",
+        *header,
+        row("no teacher: none", "none", "-"),
     ]
     for name in TEACHERS:
         lines += [row(f"{name}: {mode}", mode, name) for mode in MODES[1:]]
     if args.sweeps:
-        lines += ["", "Sweeps with the different teacher (defaults: beta 1, beta_decay 0.9, zeta 0, teacher-batch std):",
-                  "", *header, row("different: repaint (defaults)", "repaint", "different")]
+        lines += [
+            "",
+            "Sweeps with the different teacher (defaults: beta 1, beta_decay 0.9, zeta 0, teacher-batch std):",
+            "",
+            *header,
+            row("different: repaint (defaults)", "repaint", "different"),
+        ]
         lines += [row(f"different: {label}", label, "different") for label in SWEEPS]
     cache["minutes"] = cache.get("minutes", 0.0) + (time.time() - started) / 60
     with open(cache_path, "w") as f:
@@ -232,7 +267,7 @@ def plot(curves: dict, seeds, target: float, path: str) -> None:
             teacher = "-" if mode == "none" else name
             runs = np.array([curves[f"student {mode} {teacher} {s}"] for s in seeds])
             x = np.arange(1, runs.shape[1] + 1)
-            line, = ax.plot(x, runs.mean(axis=0), label=mode)
+            (line,) = ax.plot(x, runs.mean(axis=0), label=mode)
             ax.fill_between(x, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.1)
         ax.axhline(target, color="k", ls=":", lw=1)
         ax.set_title(f"{name} teacher")

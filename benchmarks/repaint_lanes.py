@@ -72,16 +72,21 @@ class Args:
 
 def run(argv: list[str]) -> dict:
     started = time.time()
-    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "repaint_ppo.py"), *argv], capture_output=True,
-                            text=True, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "repaint_ppo.py"), *argv], capture_output=True, text=True, cwd=REPO_ROOT
+    )
     if result.returncode != 0:
         raise RuntimeError(f"repaint_ppo.py {' '.join(argv)} failed: {result.stderr.strip().splitlines()[-1:]}")
     text = result.stdout
     evaluation = re.search(r"eval_return_mean=(\S+) eval_return_std=(\S+)", text)
-    return {"returns": [float(m.group(1)) if m.group(1) else math.nan for m in ITERATION.finditer(text)],
-            "sps": [int(m.group(2)) for m in ITERATION.finditer(text)][-1],
-            "eval": float(evaluation.group(1)), "eval_std": float(evaluation.group(2)),
-            "minutes": (time.time() - started) / 60, "argv": argv}
+    return {
+        "returns": [float(m.group(1)) if m.group(1) else math.nan for m in ITERATION.finditer(text)],
+        "sps": [int(m.group(2)) for m in ITERATION.finditer(text)][-1],
+        "eval": float(evaluation.group(1)),
+        "eval_std": float(evaluation.group(2)),
+        "minutes": (time.time() - started) / 60,
+        "argv": argv,
+    }
 
 
 def score_curve(returns: list[float], window: int) -> np.ndarray:
@@ -91,7 +96,7 @@ def score_curve(returns: list[float], window: int) -> np.ndarray:
     for i, value in enumerate(curve):
         last = last if np.isnan(value) else value
         curve[i] = last
-    out = np.array([curve[max(0, i + 1 - window): i + 1].mean() for i in range(len(curve))])
+    out = np.array([curve[max(0, i + 1 - window) : i + 1].mean() for i in range(len(curve))])
     return out
 
 
@@ -99,24 +104,62 @@ def main(args: Args):
     started = time.time()
     cache_path = os.path.splitext(args.out)[0] + ".json"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("teacher", "total_timesteps", "num_envs", "num_steps", "teacher_num_steps",
-                                              "eval_episodes")}
+    settings = {
+        k: getattr(args, k)
+        for k in ("teacher", "total_timesteps", "num_envs", "num_steps", "teacher_num_steps", "eval_episodes")
+    }
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
     if cache.get("settings") != settings:
         cache = {"settings": settings, "runs": {}}
     done = cache["runs"]
-    common = ["--env", "carracing", "--runs-dir", args.runs_dir, "--num-envs", str(args.num_envs),
-              "--eval-episodes", str(args.eval_episodes)]
+    common = [
+        "--env",
+        "carracing",
+        "--runs-dir",
+        args.runs_dir,
+        "--num-envs",
+        str(args.num_envs),
+        "--eval-episodes",
+        str(args.eval_episodes),
+    ]
     todo = {}
     for reward in ("inner_lane", "outer_lane"):
-        todo[f"teacher on {reward}"] = [*common, "--reward", reward, "--transfer", "warm_start", "--teacher", args.teacher,
-                                        "--learning-rate", "0", "--num-steps", "32", "--exp-name", "teacher_eval",
-                                        "--total-timesteps", str(32 * args.num_envs)]
+        todo[f"teacher on {reward}"] = [
+            *common,
+            "--reward",
+            reward,
+            "--transfer",
+            "warm_start",
+            "--teacher",
+            args.teacher,
+            "--learning-rate",
+            "0",
+            "--num-steps",
+            "32",
+            "--exp-name",
+            "teacher_eval",
+            "--total-timesteps",
+            str(32 * args.num_envs),
+        ]
     for seed in range(1, args.seeds + 1):  # seed-major: every mode of a seed finishes before the next seed starts
         for mode in MODES:
-            argv = [*common, "--reward", "outer_lane", "--seed", str(seed), "--transfer", mode, "--num-steps",
-                    str(args.num_steps), "--teacher-num-steps", str(args.teacher_num_steps), "--total-timesteps",
-                    str(args.total_timesteps), "--exp-name", f"lanes_{mode}"]
+            argv = [
+                *common,
+                "--reward",
+                "outer_lane",
+                "--seed",
+                str(seed),
+                "--transfer",
+                mode,
+                "--num-steps",
+                str(args.num_steps),
+                "--teacher-num-steps",
+                str(args.teacher_num_steps),
+                "--total-timesteps",
+                str(args.total_timesteps),
+                "--exp-name",
+                f"lanes_{mode}",
+            ]
             todo[f"{mode} {seed}"] = argv + ([] if mode == "none" else ["--teacher", args.teacher])
     todo = {key: argv for key, argv in todo.items() if key not in done}
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -125,8 +168,11 @@ def main(args: Args):
             done[key] = future.result()
             with open(cache_path, "w") as f:
                 json.dump(cache, f)
-            print(f"{key}: eval {done[key]['eval']:.1f} +- {done[key]['eval_std']:.1f}, {done[key]['minutes']:.1f} min, "
-                  f"SPS {done[key]['sps']}", flush=True)
+            print(
+                f"{key}: eval {done[key]['eval']:.1f} +- {done[key]['eval_std']:.1f}, {done[key]['minutes']:.1f} min, "
+                f"SPS {done[key]['sps']}",
+                flush=True,
+            )
 
     seeds = range(1, args.seeds + 1)
     if args.eval_checkpoints:
@@ -158,9 +204,11 @@ def main(args: Args):
         f"teacher steps per iteration); seeds 1..{args.seeds}, paired across modes",
         f"threshold: smoothed ({args.smooth} iterations) outer-lane training return >= {args.threshold}; "
         f"final eval: {args.eval_episodes} deterministic episodes, the same tracks for every run",
-        "teacher, deterministic return: " + ", ".join(
+        "teacher, deterministic return: "
+        + ", ".join(
             f"{reward} {done[f'teacher on {reward}']['eval']:.1f} +- {done[f'teacher on {reward}']['eval_std']:.1f}"
-            for reward in ("inner_lane", "outer_lane")),
+            for reward in ("inner_lane", "outer_lane")
+        ),
         "",
         "| mode | K mean +- std (reached) | K per seed | iterations with a finished episode, per seed | "
         "best smoothed return per seed | final eval per seed | final eval mean +- std | SPS |",
@@ -176,24 +224,37 @@ def main(args: Args):
         evals = [r["eval"] for r in runs]
         ended = " ".join(str(sum(not math.isnan(x) for x in r["returns"])) for r in runs)
         best = " ".join("-" if not np.isfinite(c.max()) else f"{c.max():.0f}" for c in curves)
-        lines.append(f"| {mode} | {k_text} | {' '.join('-' if k is None else str(k) for k in ks)} | {ended} | "
-                     f"{best} | {' '.join(f'{e:.0f}' for e in evals)} | "
-                     f"{np.mean(evals):.1f} +- {np.std(evals):.1f} | {np.mean([r['sps'] for r in runs]):.0f} |")
+        lines.append(
+            f"| {mode} | {k_text} | {' '.join('-' if k is None else str(k) for k in ks)} | {ended} | "
+            f"{best} | {' '.join(f'{e:.0f}' for e in evals)} | "
+            f"{np.mean(evals):.1f} +- {np.std(evals):.1f} | {np.mean([r['sps'] for r in runs]):.0f} |"
+        )
     if n:
-        lines += ["", f"Final checkpoints, deterministic return on tracks 10000..{10000 + n - 1} (mean +- std over the {n} "
-                  "tracks per seed; last column: mean +- std of the per-seed means):", "",
-                  "| mode | " + " | ".join(f"seed {s}" for s in seeds) + " | over seeds |",
-                  "|---|" + "---|" * (len(seeds) + 1)]
+        lines += [
+            "",
+            f"Final checkpoints, deterministic return on tracks 10000..{10000 + n - 1} (mean +- std over the {n} "
+            "tracks per seed; last column: mean +- std of the per-seed means):",
+            "",
+            "| mode | " + " | ".join(f"seed {s}" for s in seeds) + " | over seeds |",
+            "|---|" + "---|" * (len(seeds) + 1),
+        ]
         for mode in MODES:
             per_seed = [done[f"{mode} {s} eval{n}"] for s in seeds]
             means = [r["eval"] for r in per_seed]
-            lines.append(f"| {mode} | " + " | ".join(f"{r['eval']:.1f} +- {r['eval_std']:.1f}" for r in per_seed)
-                         + f" | {np.mean(means):.1f} +- {np.std(means):.1f} |")
+            lines.append(
+                f"| {mode} | "
+                + " | ".join(f"{r['eval']:.1f} +- {r['eval_std']:.1f}" for r in per_seed)
+                + f" | {np.mean(means):.1f} +- {np.std(means):.1f} |"
+            )
     cache["minutes"] = cache.get("minutes", 0.0) + (time.time() - started) / 60
     with open(cache_path, "w") as f:
         json.dump(cache, f)
-    lines += ["", f"wall-clock: {cache['minutes']:.1f} min over the invocations that ran these runs; per run: "
-              + ", ".join(f"{k} {v['minutes']:.0f}" for k, v in done.items()) + " min"]
+    lines += [
+        "",
+        f"wall-clock: {cache['minutes']:.1f} min over the invocations that ran these runs; per run: "
+        + ", ".join(f"{k} {v['minutes']:.0f}" for k, v in done.items())
+        + " min",
+    ]
     text = "\n".join(lines)
     print(text)
     with open(args.out, "w") as f:

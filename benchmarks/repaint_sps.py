@@ -43,19 +43,36 @@ class Args:
 
 
 def sps(argv: list[str]) -> int:
-    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "repaint_ppo.py"), *argv], capture_output=True,
-                            text=True, cwd=REPO_ROOT, check=True)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "repaint_ppo.py"), *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=True,
+    )
     return int(SPS.findall(result.stdout)[-1])
 
 
 def main(args: Args):
-    common = ["--env", "carracing", "--runs-dir", args.runs_dir, "--eval-episodes", "0", "--num-envs", str(args.num_envs),
-              "--num-steps", str(args.num_steps), "--total-timesteps", str(args.total_timesteps)]
+    common = [
+        "--env",
+        "carracing",
+        "--runs-dir",
+        args.runs_dir,
+        "--eval-episodes",
+        "0",
+        "--num-envs",
+        str(args.num_envs),
+        "--num-steps",
+        str(args.num_steps),
+        "--total-timesteps",
+        str(args.total_timesteps),
+    ]
     modes = {"none": []} | ({"repaint": ["--transfer", "repaint", "--teacher", args.teacher]} if args.teacher else {})
     results = {(mode, p): [] for mode in modes for p in ("fp32", "bf16")}
     for r in range(args.rounds):
         for mode, extra in modes.items():
-            for precision in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
+            for precision in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
                 results[(mode, precision)].append(sps([*common, *extra, "--precision", precision, "--seed", str(r + 1)]))
                 print(mode, precision, results[(mode, precision)][-1], flush=True)
     lines = [
@@ -71,8 +88,10 @@ def main(args: Args):
     for mode in modes:
         fp32, bf16 = results[(mode, "fp32")], results[(mode, "bf16")]
         ratios = [b / f for b, f in zip(bf16, fp32)]
-        lines.append(f"| {mode} | {' '.join(map(str, fp32))} | {' '.join(map(str, bf16))} | "
-                     f"{' '.join(f'{x:.2f}' for x in ratios)} | {np.mean(ratios):.2f} +- {np.std(ratios):.2f} |")
+        lines.append(
+            f"| {mode} | {' '.join(map(str, fp32))} | {' '.join(map(str, bf16))} | "
+            f"{' '.join(f'{x:.2f}' for x in ratios)} | {np.mean(ratios):.2f} +- {np.std(ratios):.2f} |"
+        )
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

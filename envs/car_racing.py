@@ -119,9 +119,7 @@ def parse_bg_color(bg_color: str) -> tuple[tuple[int, int, int], tuple[int, int,
             return background, grass_from_background(background)
         if name.startswith("#"):
             raise ValueError(f"malformed hex colour {bg_color!r}: accepted is '#rrggbb' with six hex digits (e.g. '#66cc66')")
-    raise ValueError(
-        f"unknown bg_color {bg_color!r}: accepted are {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
-    )
+    raise ValueError(f"unknown bg_color {bg_color!r}: accepted are {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'")
 
 
 def check_task(task: str) -> str:
@@ -170,8 +168,13 @@ class ColorCarRacing(gym_car_racing.CarRacing):
     """
 
     def __init__(
-        self, bg_color: str = "green", task: str = "standard", render_mode: str | None = None, render_backend: str = "fast",
-        reward: str = "standard", view: str = "near",
+        self,
+        bg_color: str = "green",
+        task: str = "standard",
+        render_mode: str | None = None,
+        render_backend: str = "fast",
+        reward: str = "standard",
+        view: str = "near",
     ):
         self.background_rgb, self.grass_rgb = parse_bg_color(bg_color)
         self.bg_color_name = bg_color

@@ -121,14 +121,13 @@ def _bounding_circles(quads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Gymnasium's grass: GRASS_DIM squares on every other lattice cell in both directions.
-GRASS_QUADS = np.array(
-    [
-        [(x + 1, y), (x, y), (x, y + 1), (x + 1, y + 1)]
-        for x in range(-20, 20, 2)
-        for y in range(-20, 20, 2)
-    ],
-    dtype=np.float64,
-) * GRASS_DIM
+GRASS_QUADS = (
+    np.array(
+        [[(x + 1, y), (x, y), (x, y + 1), (x + 1, y + 1)] for x in range(-20, 20, 2) for y in range(-20, 20, 2)],
+        dtype=np.float64,
+    )
+    * GRASS_DIM
+)
 # The background is one quad over the whole playfield; outside it the window stays black.
 BACKGROUND_QUAD = np.array([[(1, 1), (1, -1), (-1, -1), (-1, 1)]], dtype=np.float64) * PLAYFIELD
 
@@ -139,17 +138,20 @@ BACKGROUND_QUAD = np.array([[(1, 1), (1, -1), (-1, -1), (-1, 1)]], dtype=np.floa
 # union's). A wheel is the rectangle |x| < WHEEL_W, |y| < WHEEL_R in its own body frame.
 WHEEL_W, WHEEL_R = car_dynamics.WHEEL_W * car_dynamics.SIZE, car_dynamics.WHEEL_R * car_dynamics.SIZE
 _H3 = car_dynamics.HULL_POLY3
-HULL_QUADS = np.array(
-    [
-        car_dynamics.HULL_POLY1,
-        car_dynamics.HULL_POLY2,
-        (_H3[0], _H3[1], _H3[6], _H3[7]),
-        (_H3[1], _H3[2], _H3[5], _H3[6]),
-        (_H3[2], _H3[3], _H3[4], _H3[5]),
-        car_dynamics.HULL_POLY4,
-    ],
-    dtype=np.float64,
-) * car_dynamics.SIZE
+HULL_QUADS = (
+    np.array(
+        [
+            car_dynamics.HULL_POLY1,
+            car_dynamics.HULL_POLY2,
+            (_H3[0], _H3[1], _H3[6], _H3[7]),
+            (_H3[1], _H3[2], _H3[5], _H3[6]),
+            (_H3[2], _H3[3], _H3[4], _H3[5]),
+            car_dynamics.HULL_POLY4,
+        ],
+        dtype=np.float64,
+    )
+    * car_dynamics.SIZE
+)
 # The car's reach in the hull frame: the hull, and every wheel turned any way around its mount point.
 _WHEEL_MOUNTS = np.array(car_dynamics.WHEELPOS, dtype=np.float64) * car_dynamics.SIZE
 _WHEEL_REACH = math.hypot(WHEEL_W, WHEEL_R)
@@ -266,7 +268,9 @@ def coverage_impulses(
     colored_index = index[..., :n_colored_pieces]
     colored_impulses = impulses[..., :n_colored_pieces]
     piece_colors = colors[quad[:n_colored_pieces]].T
-    flat_index = np.concatenate([index.ravel()] + [(colored_index + k * color_stride).ravel() for k in range(1, len(piece_colors) + 1)])
+    flat_index = np.concatenate(
+        [index.ravel()] + [(colored_index + k * color_stride).ravel() for k in range(1, len(piece_colors) + 1)]
+    )
     flat_weight = np.concatenate([impulses.ravel()] + [(colored_impulses * color).ravel() for color in piece_colors])
     return np.bincount(flat_index, flat_weight, minlength=size)
 
@@ -362,8 +366,10 @@ def paint_car(frame, window, points, in_hull, hull_pose, wheel_poses) -> None:
                     x, y = points[s, 0], points[s, 1]
                     layer = 0  # 0 ground, 1 + k // 4: wheel or stripe (a stripe is over its wheel)
                     for k in range(8):
-                        if (abs(rectangles[k, 0, 0] * x + rectangles[k, 0, 1] * y + rectangles[k, 0, 2]) < 1
-                                and abs(rectangles[k, 1, 0] * x + rectangles[k, 1, 1] * y + rectangles[k, 1, 2]) < 1):
+                        if (
+                            abs(rectangles[k, 0, 0] * x + rectangles[k, 0, 1] * y + rectangles[k, 0, 2]) < 1
+                            and abs(rectangles[k, 1, 0] * x + rectangles[k, 1, 1] * y + rectangles[k, 1, 2]) < 1
+                        ):
                             layer = max(layer, 1 + k // 4)
                     if layer == 0:
                         ground += 1
@@ -373,7 +379,12 @@ def paint_car(frame, window, points, in_hull, hull_pose, wheel_poses) -> None:
                         stripe += 1
                 s += 1
             for c in range(3):
-                value = (frame[v, u, c] + 0.5) * ground + wheel * CAR_PAINT[0, c] + stripe * CAR_PAINT[1, c] + hull * CAR_PAINT[2, c]
+                value = (
+                    (frame[v, u, c] + 0.5) * ground
+                    + wheel * CAR_PAINT[0, c]
+                    + stripe * CAR_PAINT[1, c]
+                    + hull * CAR_PAINT[2, c]
+                )
                 frame[v, u, c] = max(value / samples, 0.0)
 
 
@@ -421,7 +432,9 @@ def car_window(zoom: float) -> tuple[tuple[int, int, int, int], np.ndarray, np.n
     offsets = (np.arange(CAR_SAMPLES) + 0.5) / CAR_SAMPLES
     v, u, dv, du = np.meshgrid(np.arange(top, bottom), np.arange(left, right), offsets, offsets, indexing="ij")
     points = np.stack([((u + du).ravel() - CAR_OUTPUT[0]) / x_scale, (CAR_OUTPUT[1] - (v + dv).ravel()) / y_scale], axis=1)
-    in_hull = ((points @ HULL_HALF_PLANES[:, :2].T + HULL_HALF_PLANES[:, 2]).reshape(-1, len(HULL_QUADS), 4).min(axis=2) > 0).any(axis=1)
+    in_hull = (
+        (points @ HULL_HALF_PLANES[:, :2].T + HULL_HALF_PLANES[:, 2]).reshape(-1, len(HULL_QUADS), 4).min(axis=2) > 0
+    ).any(axis=1)
     return (left, top, right, bottom), points, in_hull
 
 
@@ -482,7 +495,9 @@ class StateRenderer:
         # column's and its row's 1-D coverage (the same function along both axes). With cells
         # counted in squares from the playfield's edge, c = x / GRASS_DIM + 20, the grass length
         # below c is G(c) = (number of even squares below floor(c)) + (c - floor(c) if floor(c) is even).
-        edges = np.clip((self.texture_origin + np.arange(self.texture_size + 2) / self.texels_per_unit) / GRASS_DIM + 20, 0, 40)
+        edges = np.clip(
+            (self.texture_origin + np.arange(self.texture_size + 2) / self.texels_per_unit) / GRASS_DIM + 20, 0, 40
+        )
         cell = np.floor(edges)
         grass_below = (cell + 1) // 2 + (edges - cell) * (cell % 2 == 0)
         self.grass_coverage = np.diff(grass_below) * self.texels_per_unit * GRASS_DIM  # per cell
@@ -585,7 +600,9 @@ class StateRenderer:
         (exact coverage of the road tiles and kerbs, as in `exact_ground` with cumulative sums for
         the double prefix sum, and of the grass from its separable coverage), averaged over 2x2 cells."""
         rows, cols = row1 - row0 + 1, col1 - col0 + 1  # cells
-        near = np.flatnonzero((self.cell_lo < (col0 + cols, row0 + rows)).all(axis=1) & (self.cell_hi > (col0, row0)).all(axis=1))
+        near = np.flatnonzero(
+            (self.cell_lo < (col0 + cols, row0 + rows)).all(axis=1) & (self.cell_hi > (col0, row0)).all(axis=1)
+        )
         plane_size = rows * (cols + 3)
         impulses = coverage_impulses(
             self.cell_quads[near] - (col0, row0),
@@ -600,7 +617,9 @@ class StateRenderer:
         )
         road, red, green_blue = impulses.reshape(3, rows, cols + 3).cumsum(axis=2).cumsum(axis=2)[..., :cols, None]
         grass = np.outer(self.grass_coverage[row0 : row0 + rows], self.grass_coverage[col0 : col0 + cols])[..., None]
-        rgb = (self.background + grass * (self.grass - self.background)) * (1 - road) + red * (1, 0, 0) + green_blue * (0, 1, 1)
+        rgb = (
+            (self.background + grass * (self.grass - self.background)) * (1 - road) + red * (1, 0, 0) + green_blue * (0, 1, 1)
+        )
         texels = (rgb[:-1, :-1] + rgb[1:, :-1] + rgb[:-1, 1:] + rgb[1:, 1:]) / 4
         self.texture[row0:row1, col0:col1] = np.clip(np.rint(texels - 2), 0, 255)  # smooth-scale's - 2
 

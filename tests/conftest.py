@@ -62,8 +62,17 @@ def random_orthogonal(dim: int, generator: torch.Generator) -> torch.Tensor:
     return q * torch.sign(torch.diagonal(r))
 
 
-def save_agent_checkpoint(path: Path, bg_color: str, relative: bool = True, seed: int = 0, algorithm: str = "ppo",
-                          task: str = "standard", num_anchors: int = 16, anchor_set_id: str = "set-a", view: str = "near") -> Path:
+def save_agent_checkpoint(
+    path: Path,
+    bg_color: str,
+    relative: bool = True,
+    seed: int = 0,
+    algorithm: str = "ppo",
+    task: str = "standard",
+    num_anchors: int = 16,
+    anchor_set_id: str = "set-a",
+    view: str = "near",
+) -> Path:
     """An r3l-agent-v1 checkpoint (docs/checkpoints.md) with randomly initialised networks and anchor embeddings."""
     from ddqn_relative import QNetwork
     from envs.checkpoint import agent_payload, save_atomic

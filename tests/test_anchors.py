@@ -2,10 +2,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import colour_change_residual
 
 import envs.anchors as anchors
 from envs.anchors import AnchorRecipe, WaypointDriver, load_anchor_set, record_trajectory, render_trajectory
-from conftest import colour_change_residual
 from envs.car_racing import ColorCarRacing
 from envs.fast_render import RENDERER_VERSION
 

@@ -1,9 +1,9 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import colour_change_residual
 
 import envs  # noqa: F401  (registers ColorCarRacing-v0)
-from conftest import colour_change_residual
 from envs.car_racing import (
     NAMED_COLORS,
     TASKS,

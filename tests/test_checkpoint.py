@@ -10,8 +10,8 @@ import zipfile
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT, save_agent_checkpoint
+
 from envs.checkpoint import ensure_writable_dir, load_agent_checkpoint, load_torch_file, save_atomic
 
 ACCEPTED = "accepted: a test file"

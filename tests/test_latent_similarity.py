@@ -11,14 +11,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import save_agent_checkpoint as save_checkpoint
 
 import latent_similarity
 from envs.anchors import record_trajectory, render_trajectory
 from envs.car_racing import make_color_car_racing
-from latent_similarity import Args, cosine_similarity_matrix, figures_of_merit, frame_latents, greedy_gym_actions, relative_refusal
+from latent_similarity import (
+    Args,
+    cosine_similarity_matrix,
+    figures_of_merit,
+    frame_latents,
+    greedy_gym_actions,
+    relative_refusal,
+)
 from ppo_relative import Encoder
 from stitch_eval import UserError, load_agent
-from conftest import save_agent_checkpoint as save_checkpoint
 
 
 def random_orthogonal(dim: int, block: int, generator: torch.Generator) -> torch.Tensor:
@@ -99,14 +106,20 @@ def test_outputs_for_relative_and_absolute_pairs(tmp_path, capsys):
     summary = json.loads((out / "similarity_summary.json").read_text())
     assert summary["num_frames"] == 30 and summary["actions"] == "the anchors' scripted waypoint driver"
     notes = {(Path(p["path_1"]).parent.name, Path(p["path_2"]).parent.name): p["relative_note"] for p in summary["pairs"]}
-    assert notes == {("green_rel", "red_abs"): "absolute encoder: no relative latents", ("green_rel", "red_rel"): None,
-                     ("red_abs", "red_rel"): "absolute encoder: no relative latents"}
+    assert notes == {
+        ("green_rel", "red_abs"): "absolute encoder: no relative latents",
+        ("green_rel", "red_rel"): None,
+        ("red_abs", "red_rel"): "absolute encoder: no relative latents",
+    }
     for pair in summary["pairs"]:
         assert ("relative" in pair) == (pair["relative_note"] is None)
         assert Path(pair["figure"]).parent == out and Path(pair["figure"]).stat().st_size > 10_000
     assert printed.count("n/a: absolute encoder: no relative latents") == 2
     # two checkpoints of one configuration are told apart by their run folders
-    assert "[1] red near standard ppo abs seed 2 (red_abs)" in printed and "[2] red near standard ppo rel seed 2 (red_rel)" in printed
+    assert (
+        "[1] red near standard ppo abs seed 2 (red_abs)" in printed
+        and "[2] red near standard ppo rel seed 2 (red_rel)" in printed
+    )
 
 
 def test_unwritable_out_dir_fails_before_the_replays(tmp_path, capsys):

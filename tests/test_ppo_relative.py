@@ -1,16 +1,17 @@
 """Tests for ppo_relative.py: projection invariance, anchor EMA, GAE across autoresets, checkpoints,
 bad input, a subprocess smoke run, reproducibility and --resume."""
+
 import os
 import runpy
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import random_orthogonal, run_script_in_process
 import torch
+from conftest import random_orthogonal, run_script_in_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -18,10 +19,10 @@ from envs.checkpoint import AGENT_FORMAT, AGENT_METADATA, agent_payload, save_at
 from envs.checkpoint import load_agent_checkpoint as load_checkpoint  # noqa: E402
 from ppo_relative import (  # noqa: E402
     Args,
-    checkpoint_metadata,
     Encoder,
     Policy,
     RelativeProjection,
+    checkpoint_metadata,
     compute_gae,
     evaluate,
 )
@@ -29,10 +30,21 @@ from ppo_relative import (  # noqa: E402
 SCRIPT = str(REPO_ROOT / "ppo_relative.py")
 # 2 iterations of 1 env x 16 steps; a tiny anchor recipe (4 tracks x 4 steps, 8 anchors)
 TINY = [
-    "--total-timesteps", "32", "--num-envs", "1", "--num-steps", "16", "--num-anchors", "8",
-    "--anchor-steps-per-track", "4", "--eval-episodes", "0", "--save-every", "1",
+    "--total-timesteps",
+    "32",
+    "--num-envs",
+    "1",
+    "--num-steps",
+    "16",
+    "--num-anchors",
+    "8",
+    "--anchor-steps-per-track",
+    "4",
+    "--eval-episodes",
+    "0",
+    "--save-every",
+    "1",
 ]
-
 
 
 def projection_with_anchors(anchors: torch.Tensor, standardize: bool = False) -> RelativeProjection:
@@ -70,7 +82,10 @@ def test_projection_is_invariant_to_orthogonal_maps_isotropic_scaling_and_transl
 def test_projection_distinguishes_latents_and_is_not_invariant_to_anisotropic_scaling():
     """The invariance is not trivial: the output changes with the latent and under per-axis scaling."""
     g = torch.Generator().manual_seed(0)
-    anchors, latents = torch.randn(32, 64, generator=g, dtype=torch.float64), torch.randn(4, 64, generator=g, dtype=torch.float64)
+    anchors, latents = (
+        torch.randn(32, 64, generator=g, dtype=torch.float64),
+        torch.randn(4, 64, generator=g, dtype=torch.float64),
+    )
     projection = projection_with_anchors(anchors)
     assert not torch.allclose(projection(latents[:1]), projection(latents[1:2]), atol=1e-3)
     stretch = torch.ones(64, dtype=torch.float64)
@@ -81,7 +96,10 @@ def test_projection_distinguishes_latents_and_is_not_invariant_to_anisotropic_sc
 
 def test_standardize_option_is_invariant_to_per_dimension_scaling_but_not_to_rotations():
     g = torch.Generator().manual_seed(1)
-    anchors, latents = torch.randn(32, 64, generator=g, dtype=torch.float64), torch.randn(4, 64, generator=g, dtype=torch.float64)
+    anchors, latents = (
+        torch.randn(32, 64, generator=g, dtype=torch.float64),
+        torch.randn(4, 64, generator=g, dtype=torch.float64),
+    )
     per_dim = torch.empty(64, dtype=torch.float64).uniform_(0.1, 10, generator=g)
     shift = torch.randn(64, generator=g, dtype=torch.float64)
     z = projection_with_anchors(anchors, standardize=True)(latents)
@@ -170,10 +188,21 @@ def make_agent(relative=True, num_anchors=8, frame_stack=1, seed=0):
 
 def metadata_for(encoder, relative=True, num_anchors=8):
     return {
-        "algorithm": "ppo", "bg_color": "green", "view": "near", "task": "standard", "reward": "standard", "frame_stack": 1,
-        "num_actions": 5, "relative": relative, "anchor_set_id": "abc" if relative else None,
-        "num_anchors": num_anchors if relative else None, "anchor_standardize": False,
-        "latent_dim": encoder.latent_dim, "seed": 0, "global_step": 0, "args": {},
+        "algorithm": "ppo",
+        "bg_color": "green",
+        "view": "near",
+        "task": "standard",
+        "reward": "standard",
+        "frame_stack": 1,
+        "num_actions": 5,
+        "relative": relative,
+        "anchor_set_id": "abc" if relative else None,
+        "num_anchors": num_anchors if relative else None,
+        "anchor_standardize": False,
+        "latent_dim": encoder.latent_dim,
+        "seed": 0,
+        "global_step": 0,
+        "args": {},
     }
 
 
@@ -211,24 +240,44 @@ def test_checkpoint_metadata_of_an_absolute_run_follows_the_contract(tmp_path):
 def bad_checkpoints(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("bad_checkpoints")
     encoder, policy = make_agent()
-    good = {"format": AGENT_FORMAT, "encoder": encoder.state_dict(), "policy": policy.state_dict(),
-            "metadata": metadata_for(encoder), "training_state": {}}
-    files = {"text": tmp_path / "text.pt", "wrong_format": tmp_path / "wrong.pt", "no_policy": tmp_path / "nopol.pt",
-             "no_metadata_key": tmp_path / "nokey.pt", "pickle": tmp_path / "pickle.pt", "random": tmp_path / "random.pt"}
+    good = {
+        "format": AGENT_FORMAT,
+        "encoder": encoder.state_dict(),
+        "policy": policy.state_dict(),
+        "metadata": metadata_for(encoder),
+        "training_state": {},
+    }
+    files = {
+        "text": tmp_path / "text.pt",
+        "wrong_format": tmp_path / "wrong.pt",
+        "no_policy": tmp_path / "nopol.pt",
+        "no_metadata_key": tmp_path / "nokey.pt",
+        "pickle": tmp_path / "pickle.pt",
+        "random": tmp_path / "random.pt",
+    }
     files["text"].write_text("not a checkpoint\n")
     files["random"].write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
     torch.save({**good, "format": "cleanrl"}, files["wrong_format"])
     torch.save({k: v for k, v in good.items() if k != "policy"}, files["no_policy"])
-    torch.save({**good, "metadata": {k: v for k, v in good["metadata"].items() if k != "latent_dim"}}, files["no_metadata_key"])
+    torch.save(
+        {**good, "metadata": {k: v for k, v in good["metadata"].items() if k != "latent_dim"}}, files["no_metadata_key"]
+    )
     torch.save({**good, "metadata": {**good["metadata"], "args": object()}}, files["pickle"])  # unsafe for weights_only
     return files
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing", "does not exist"), ("text", "is not a checkpoint of this collection"), ("wrong_format", "has format 'cleanrl'"),
-    ("no_policy", "lacks policy"), ("no_metadata_key", "lacks metadata.latent_dim"),
-    ("pickle", "holds objects other than tensors"), ("random", "is not a checkpoint of this collection"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "does not exist"),
+        ("text", "is not a checkpoint of this collection"),
+        ("wrong_format", "has format 'cleanrl'"),
+        ("no_policy", "lacks policy"),
+        ("no_metadata_key", "lacks metadata.latent_dim"),
+        ("pickle", "holds objects other than tensors"),
+        ("random", "is not a checkpoint of this collection"),
+    ],
+)
 def test_load_checkpoint_rejects_bad_files_with_one_line(tmp_path, bad_checkpoints, case, expected):
     path = str(tmp_path / "missing.pt") if case == "missing" else str(bad_checkpoints[case])
     with pytest.raises(ValueError) as info:
@@ -243,14 +292,17 @@ def run_in_process(args, tmp_path, capsys):
     return run_script_in_process(SCRIPT, args, tmp_path, capsys)
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--bg-color", "purple"], "unknown --bg-color 'purple'; accepted: green, red, blue, yellow, violet, pink or a hex"),
-    (["--task", "fast"], "unknown --task 'fast'; accepted: standard, slow, scrambled, no_idle ('far' is --view far)"),
-    (["--view", "aerial"], "unknown --view 'aerial'; accepted: near, far"),
-    (["--num-anchors", "20", "--anchor-steps-per-track", "4"], "bad --num-anchors 20; accepted: an integer in [1, 16]"),
-    (["--total-timesteps", "10"], "bad --total-timesteps 10; accepted: an integer >= --num-envs * --num-steps = 2048"),
-    (["--resume", "nowhere/agent.pt"], "checkpoint 'nowhere/agent.pt' does not exist"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--bg-color", "purple"], "unknown --bg-color 'purple'; accepted: green, red, blue, yellow, violet, pink or a hex"),
+        (["--task", "fast"], "unknown --task 'fast'; accepted: standard, slow, scrambled, no_idle ('far' is --view far)"),
+        (["--view", "aerial"], "unknown --view 'aerial'; accepted: near, far"),
+        (["--num-anchors", "20", "--anchor-steps-per-track", "4"], "bad --num-anchors 20; accepted: an integer in [1, 16]"),
+        (["--total-timesteps", "10"], "bad --total-timesteps 10; accepted: an integer >= --num-envs * --num-steps = 2048"),
+        (["--resume", "nowhere/agent.pt"], "checkpoint 'nowhere/agent.pt' does not exist"),
+    ],
+)
 def test_bad_flags_give_one_line_error(tmp_path, capsys, flags, expected):
     code, out, err = run_in_process(flags, tmp_path, capsys)
     assert code == 2
@@ -265,7 +317,11 @@ def smoke_run(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "runs"), "--seed", "3", *TINY],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = (tmp_path / "runs").glob("ColorCarRacing-green-standard__ppo_relative__3__*/agent.pt")
@@ -318,7 +374,9 @@ def test_same_seed_same_weights_and_resume_continues(smoke_run, tmp_path, capsys
     # a finished run, or a flag that contradicts the stored run, is a one-line error
     code, out, err = run_in_process(["--resume", str(resumed_dir)], tmp_path, capsys)
     assert code == 2 and "is already at step 48" in err and err.strip().count("\n") == 0
-    code, out, err = run_in_process(["--resume", str(resumed_dir), "--bg-color", "red", "--total-timesteps", "64"], tmp_path, capsys)
+    code, out, err = run_in_process(
+        ["--resume", str(resumed_dir), "--bg-color", "red", "--total-timesteps", "64"], tmp_path, capsys
+    )
     assert code == 2 and "--bg-color 'red' differs from the resumed run's 'green'" in err and err.strip().count("\n") == 0
 
 

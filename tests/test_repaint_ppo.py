@@ -64,8 +64,10 @@ def expect_refusal(argv, tmp_path, capsys, *needles):
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory):
     """A good gridworld teacher: plain PPO on the "similar" task (goal one cell from the target's)."""
-    text, path = train(["--task", "similar", "--total-timesteps", "8192", "--learning-rate", "0.002", "--seed", "1"],
-                       tmp_path_factory.mktemp("teacher"))
+    text, path = train(
+        ["--task", "similar", "--total-timesteps", "8192", "--learning-rate", "0.002", "--seed", "1"],
+        tmp_path_factory.mktemp("teacher"),
+    )
     assert float(re.search(r"eval_return_mean=(\S+)", text).group(1)) == pytest.approx(0.89)  # the optimum of similar
     return path
 
@@ -182,8 +184,12 @@ def test_teacher_with_other_observation_space_is_refused_from_the_command_line(t
     checkpoint["metadata"]["observation_shape"] = [81]
     bad = tmp_path / "bad.pt"
     torch.save(checkpoint, bad)
-    result = subprocess.run([sys.executable, SCRIPT, "--teacher", str(bad), "--transfer", "repaint", "--runs-dir",
-                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--teacher", str(bad), "--transfer", "repaint", "--runs-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and result.stdout == ""
     err = result.stderr.strip()
     assert "\n" not in err and "Traceback" not in err
@@ -201,9 +207,23 @@ def test_teacher_with_other_action_space_is_refused(teacher_path, tmp_path, caps
 def test_carracing_teachers_are_checked_against_the_target(tmp_path, capsys):
     """A CarRacing checkpoint for the gridworld, and a ``scrambled`` teacher for a ``standard`` target (same
     Discrete(5), other meaning of the actions), are refused before any weight is read."""
-    metadata = dict(algorithm="ppo", bg_color="green", view="near", task="scrambled", reward="standard", frame_stack=1,
-                    num_actions=5, relative=False, anchor_set_id=None, num_anchors=None, anchor_standardize=False,
-                    latent_dim=3136, seed=1, global_step=0, args={})
+    metadata = dict(
+        algorithm="ppo",
+        bg_color="green",
+        view="near",
+        task="scrambled",
+        reward="standard",
+        frame_stack=1,
+        num_actions=5,
+        relative=False,
+        anchor_set_id=None,
+        num_anchors=None,
+        anchor_standardize=False,
+        latent_dim=3136,
+        seed=1,
+        global_step=0,
+        args={},
+    )
     path = tmp_path / "car.pt"
     torch.save({"format": "r3l-agent-v1", "encoder": {}, "policy": {}, "metadata": metadata, "training_state": {}}, path)
     expect_refusal(["--teacher", str(path), "--transfer", "it"] + TINY, tmp_path, capsys, "(3, 84, 84)", "(49,)")
@@ -214,8 +234,13 @@ def test_carracing_teachers_are_checked_against_the_target(tmp_path, capsys):
 def test_unreadable_files_and_bad_options_are_one_line_errors(tmp_path, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(256))
-    expect_refusal(["--teacher", str(junk), "--transfer", "repaint"] + TINY, tmp_path, capsys, str(junk),
-                   "not a checkpoint of this collection")
+    expect_refusal(
+        ["--teacher", str(junk), "--transfer", "repaint"] + TINY,
+        tmp_path,
+        capsys,
+        str(junk),
+        "not a checkpoint of this collection",
+    )
     expect_refusal(["--resume", str(junk)], tmp_path, capsys, str(junk), "not a checkpoint of this collection")
     expect_refusal(["--teacher", str(tmp_path / "missing.pt"), "--transfer", "ks"], tmp_path, capsys, "does not exist")
     expect_refusal(["--transfer", "distill"] + TINY, tmp_path, capsys, "'distill'", "none, ks, it, repaint, warm_start")
@@ -261,8 +286,10 @@ def test_warm_start_starts_from_the_teachers_weights(teacher_path, tmp_path):
 
 
 def test_fp32_is_reproducible_and_bf16_trains_with_fp32_checkpoints(tmp_path):
-    runs = {name: torch.load(train(["--seed", "2", "--precision", precision] + TINY, tmp_path / name)[1], weights_only=True)
-            for name, precision in (("a", "fp32"), ("b", "fp32"), ("bf16", "bf16"))}
+    runs = {
+        name: torch.load(train(["--seed", "2", "--precision", precision] + TINY, tmp_path / name)[1], weights_only=True)
+        for name, precision in (("a", "fp32"), ("b", "fp32"), ("bf16", "bf16"))
+    }
     assert all(torch.equal(runs["a"]["policy"][k], runs["b"]["policy"][k]) for k in runs["a"]["policy"])
     assert all(t.dtype == torch.float32 for t in runs["bf16"]["policy"].values())
     assert runs["bf16"]["metadata"]["args"]["precision"] == "bf16"
@@ -272,10 +299,26 @@ def test_fp32_is_reproducible_and_bf16_trains_with_fp32_checkpoints(tmp_path):
 
 
 def test_sigterm_writes_the_checkpoint_prints_one_line_and_resume_continues(tmp_path, capsys):
-    process = subprocess.Popen([sys.executable, SCRIPT, "--runs-dir", str(tmp_path), "--total-timesteps", "1000000",
-                                "--num-envs", "2", "--num-steps", "16", "--hidden-size", "16"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            SCRIPT,
+            "--runs-dir",
+            str(tmp_path),
+            "--total-timesteps",
+            "1000000",
+            "--num-envs",
+            "2",
+            "--num-steps",
+            "16",
+            "--hidden-size",
+            "16",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     for line in process.stdout:  # wait until training has started
         if line.startswith("iteration 2/"):
             break
@@ -290,13 +333,22 @@ def test_sigterm_writes_the_checkpoint_prints_one_line_and_resume_continues(tmp_
     step = int(path.group(2))
     assert checkpoint["metadata"]["global_step"] == step and step % 32 == 0 and step >= 64
     # resume: the run's flags come from the checkpoint; a larger budget continues it in the same folder
-    code, out, err = run_script_in_process(SCRIPT, ["--resume", os.path.dirname(path.group(1)), "--total-timesteps",
-                                                    str(step + 64), "--eval-episodes", "0"], tmp_path, capsys)
+    code, out, err = run_script_in_process(
+        SCRIPT,
+        ["--resume", os.path.dirname(path.group(1)), "--total-timesteps", str(step + 64), "--eval-episodes", "0"],
+        tmp_path,
+        capsys,
+    )
     assert code == 0, err
     assert re.findall(r"^iteration (\d+)/", out, re.M) == [str(step // 32 + 1), str(step // 32 + 2)]
     assert torch.load(path.group(1), weights_only=True)["metadata"]["global_step"] == step + 64
-    expect_refusal(["--resume", path.group(1), "--total-timesteps", str(step + 128), "--beta", "0.5"], tmp_path, capsys,
-                   "--beta 0.5", "differs from the resumed run's 1.0")
+    expect_refusal(
+        ["--resume", path.group(1), "--total-timesteps", str(step + 128), "--beta", "0.5"],
+        tmp_path,
+        capsys,
+        "--beta 0.5",
+        "differs from the resumed run's 1.0",
+    )
     expect_refusal(["--resume", path.group(1)], tmp_path, capsys, "already at step", "larger --total-timesteps")
 
 
@@ -305,10 +357,25 @@ def test_save_every_counts_environment_steps(tmp_path, capsys, monkeypatch):
 
     saved, original = [], envs.checkpoint.save_atomic
     # the script run by runpy imports save_atomic from envs.checkpoint when it starts: patch it there
-    monkeypatch.setattr(envs.checkpoint, "save_atomic",
-                        lambda payload, path: saved.append(payload["metadata"]["global_step"]) or original(payload, path))
-    argv = ["--num-envs", "2", "--num-steps", "16", "--total-timesteps", "128", "--save-every", "64", "--hidden-size", "16",
-            "--eval-episodes", "0"]
+    monkeypatch.setattr(
+        envs.checkpoint,
+        "save_atomic",
+        lambda payload, path: saved.append(payload["metadata"]["global_step"]) or original(payload, path),
+    )
+    argv = [
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "16",
+        "--total-timesteps",
+        "128",
+        "--save-every",
+        "64",
+        "--hidden-size",
+        "16",
+        "--eval-episodes",
+        "0",
+    ]
     code, _, err = run_script_in_process(SCRIPT, argv, tmp_path, capsys)
     assert code == 0, err
     assert saved == [64, 128, 128]  # every 64 steps, and at the end
@@ -327,8 +394,15 @@ def test_repaint_with_a_good_teacher_reaches_the_target_in_fewer_iterations(teac
     seeds = (1, 2, 3)
     budget = ["--total-timesteps", "4096", "--eval-episodes", "0"]  # 16 iterations of 8 x 32 steps
     baseline = [iterations_to(target, returns_per_iteration(train(["--seed", str(s)] + budget, tmp_path)[0])) for s in seeds]
-    repaint = [iterations_to(target, returns_per_iteration(train(
-        ["--seed", str(s), "--transfer", "repaint", "--teacher", teacher_path] + budget, tmp_path)[0])) for s in seeds]
+    repaint = [
+        iterations_to(
+            target,
+            returns_per_iteration(
+                train(["--seed", str(s), "--transfer", "repaint", "--teacher", teacher_path] + budget, tmp_path)[0]
+            ),
+        )
+        for s in seeds
+    ]
     assert np.mean(repaint) < np.mean(baseline) - 3, (baseline, repaint)
 
 
@@ -342,9 +416,23 @@ def test_carracing_repaint_with_a_relative_ppo_relative_teacher(tmp_path, monkey
     encoder = ppo_relative.Encoder(frame_stack=1, relative=True, num_anchors=16)
     encoder.projection.update_anchors(torch.randn(16, ppo_relative.NATURE_CNN_LATENT))
     policy = ppo_relative.Policy(encoder.latent_dim, 5)
-    metadata = dict(algorithm="ppo", bg_color="red", view="near", task="standard", reward="standard", frame_stack=1,
-                    num_actions=5, relative=True, anchor_set_id="abc123", num_anchors=16, anchor_standardize=False,
-                    latent_dim=16, seed=1, global_step=0, args={})
+    metadata = dict(
+        algorithm="ppo",
+        bg_color="red",
+        view="near",
+        task="standard",
+        reward="standard",
+        frame_stack=1,
+        num_actions=5,
+        relative=True,
+        anchor_set_id="abc123",
+        num_anchors=16,
+        anchor_standardize=False,
+        latent_dim=16,
+        seed=1,
+        global_step=0,
+        args={},
+    )
     teacher = tmp_path / "agent.pt"
     save_atomic(agent_payload(encoder, policy, metadata, {}), str(teacher))
     # the copied networks compute what ppo_relative's compute
@@ -357,10 +445,36 @@ def test_carracing_repaint_with_a_relative_ppo_relative_teacher(tmp_path, monkey
         torch.testing.assert_close(copy(frames)[0], policy(encoder(frames))[0])
 
     monkeypatch.chdir(tmp_path)  # videos/ goes to the working folder
-    text, path = train(["--env", "carracing", "--view", "far", "--reward", "outer_lane", "--transfer", "repaint",
-                        "--teacher", str(teacher), "--num-envs", "1", "--num-steps", "8", "--total-timesteps", "16",
-                        "--num-minibatches", "2", "--update-epochs", "1", "--eval-episodes", "1", "--capture-video",
-                        "--precision", "bf16"], tmp_path)
+    text, path = train(
+        [
+            "--env",
+            "carracing",
+            "--view",
+            "far",
+            "--reward",
+            "outer_lane",
+            "--transfer",
+            "repaint",
+            "--teacher",
+            str(teacher),
+            "--num-envs",
+            "1",
+            "--num-steps",
+            "8",
+            "--total-timesteps",
+            "16",
+            "--num-minibatches",
+            "2",
+            "--update-epochs",
+            "1",
+            "--eval-episodes",
+            "1",
+            "--capture-video",
+            "--precision",
+            "bf16",
+        ],
+        tmp_path,
+    )
     assert re.search(r"^eval_return_mean=\S+ eval_return_std=0.000 \(1 deterministic", text, re.M)
     gif = tmp_path / "videos" / os.path.basename(os.path.dirname(path)) / "eval-episode-0.gif"
     assert gif.stat().st_size > 0

@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import random_orthogonal, save_agent_checkpoint
 
 import stitch_eval
-from conftest import random_orthogonal, save_agent_checkpoint
 from envs.anchors import AnchorRecipe, load_anchor_set
 from envs.car_racing import make_color_car_racing
 from stitch_eval import Args, Job, UserError, action_map, expand_checkpoint_paths, played_on, run_episode, stitch_refusal
@@ -58,7 +58,12 @@ def test_played_on_takes_the_encoders_visuals_and_the_chosen_agents_task():
     encoder = {**META, "bg_color": "red", "view": "far"}
     policy = {**META, "task": "slow"}
     assert played_on(encoder, policy, "policy") == {"bg_color": "red", "view": "far", "task": "slow", "reward": "standard"}
-    assert played_on(encoder, policy, "encoder") == {"bg_color": "red", "view": "far", "task": "standard", "reward": "standard"}
+    assert played_on(encoder, policy, "encoder") == {
+        "bg_color": "red",
+        "view": "far",
+        "task": "standard",
+        "reward": "standard",
+    }
 
 
 def test_action_map_matches_gymnasium_action_names():
@@ -83,7 +88,9 @@ def test_translation_undoes_an_orthogonal_transform_scale_and_shift():
     translation = stitch_eval.fit_translation(source, target)
     stacked = torch.cat([source[:5], source[5:10]], dim=1)
     expected = torch.cat([target[:5], target[5:10]], dim=1)
-    torch.testing.assert_close(stitch_eval.apply_translation(translation, stacked, frame_stack=2), expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        stitch_eval.apply_translation(translation, stacked, frame_stack=2), expected, rtol=1e-9, atol=1e-9
+    )
 
 
 def test_checkpoint_discovery(tmp_path):
@@ -119,7 +126,9 @@ def test_stitched_agent_is_policy_b_on_encoder_a_track(tmp_path):
     rewards = []
     with torch.no_grad():
         for _ in range(25):
-            obs, reward, terminated, truncated, _ = env.step(int(policy.greedy_action(encoder(torch.from_numpy(obs)[None]))[0]))
+            obs, reward, terminated, truncated, _ = env.step(
+                int(policy.greedy_action(encoder(torch.from_numpy(obs)[None]))[0])
+            )
             rewards.append(reward)
             if terminated or truncated:
                 break
@@ -168,7 +177,9 @@ def test_outputs_pooling_and_refusals(tmp_path, capsys, monkeypatch):
     save_agent_checkpoint(runs / "red_slow_rel_s4" / "agent.pt", "green", seed=4, task="slow")
     save_agent_checkpoint(runs / "green_abs_s1" / "agent.pt", "green", relative=False, seed=1)
     save_agent_checkpoint(runs / "blue_rel_other_anchors" / "agent.pt", "blue", seed=5, anchor_set_id="set-b")
-    stitch_eval.main(Args(checkpoints=(str(runs / "*"),), num_tracks=1, max_episode_steps=4, workers=1, out_dir=str(tmp_path / "out")))
+    stitch_eval.main(
+        Args(checkpoints=(str(runs / "*"),), num_tracks=1, max_episode_steps=4, workers=1, out_dir=str(tmp_path / "out"))
+    )
     printed = capsys.readouterr().out
 
     # 36 pairs: the 4 set-a relative runs among themselves (16), the absolute and the blue run with themselves
@@ -187,7 +198,9 @@ def test_outputs_pooling_and_refusals(tmp_path, capsys, monkeypatch):
     assert cells[0].endswith("(2 pairs)") and cells[1].endswith("(2 pairs)") and cells[3] == "n/a"
     blue_row = next(line for line in table.splitlines() if line.startswith("| blue standard |"))
     assert blue_row.rstrip().endswith("(1 pair own) |")  # one blue run: its own agent is the reference
-    played = next(line for line in table.split("played on (colour · view · task)")[1].splitlines() if line.startswith("| green standard"))
+    played = next(
+        line for line in table.split("played on (colour · view · task)")[1].splitlines() if line.startswith("| green standard")
+    )
     assert "green · near · slow" in played  # the green encoder with the slow policy played the slow task
     results = json.loads((out / "stitch_results.json").read_text())
     slow_pair = next(p for p in results["pairs"] if p["encoder_path"].endswith("green_rel_s1/agent.pt")
@@ -203,7 +216,9 @@ def test_outputs_pooling_and_refusals(tmp_path, capsys, monkeypatch):
     # --translate: absolute pairs are played raw and through a map fitted on anchor states (a small anchor set
     # here); relative (16-d) <-> absolute (3136-d) pairs cannot be maps of equal size
     small = AnchorRecipe(track_seeds=(2,), steps_per_track=40, num_anchors=32)
-    monkeypatch.setattr(stitch_eval, "load_anchor_set", lambda bg_color, view: load_anchor_set(bg_color, view=view, recipe=small))
+    monkeypatch.setattr(
+        stitch_eval, "load_anchor_set", lambda bg_color, view: load_anchor_set(bg_color, view=view, recipe=small)
+    )
     extra = save_agent_checkpoint(tmp_path / "extra" / "green_abs_s6" / "agent.pt", "green", relative=False, seed=6)
     stitch_eval.main(Args(checkpoints=(str(runs / "*"), str(extra)), num_tracks=1, max_episode_steps=4, workers=1,
                           out_dir=str(tmp_path / "out2"), exclude_same_seed=True, translate=True))  # fmt: skip
@@ -211,7 +226,10 @@ def test_outputs_pooling_and_refusals(tmp_path, capsys, monkeypatch):
     translated = [p for p in results["pairs"] if p["translated"]]
     assert all("absolute" in p["block"] for p in translated)
     evaluated = {(p["encoder_path"][-21:], p["policy_path"][-21:]) for p in translated if p["status"] == "evaluated"}
-    assert evaluated == {("green_abs_s1/agent.pt", "green_abs_s6/agent.pt"), ("green_abs_s6/agent.pt", "green_abs_s1/agent.pt")}
+    assert evaluated == {
+        ("green_abs_s1/agent.pt", "green_abs_s6/agent.pt"),
+        ("green_abs_s6/agent.pt", "green_abs_s1/agent.pt"),
+    }
     assert all("procrustes maps equal sizes" in p["reason"] for p in translated if p["status"] == "refused")
     assert "absolute + translation" in results["figures_of_merit"]
 
@@ -219,7 +237,9 @@ def test_outputs_pooling_and_refusals(tmp_path, capsys, monkeypatch):
 def test_cross_algorithm_pairs_play_like_any_other(tmp_path):
     ppo = save_agent_checkpoint(tmp_path / "ppo" / "agent.pt", "green", seed=1)
     ddqn = save_agent_checkpoint(tmp_path / "ddqn" / "agent.pt", "red", seed=2, algorithm="ddqn")
-    stitch_eval.main(Args(checkpoints=(str(ppo), str(ddqn)), num_tracks=1, max_episode_steps=5, workers=1, out_dir=str(tmp_path / "out")))
+    stitch_eval.main(
+        Args(checkpoints=(str(ppo), str(ddqn)), num_tracks=1, max_episode_steps=5, workers=1, out_dir=str(tmp_path / "out"))
+    )
     pairs = json.loads((tmp_path / "out" / "stitch_results.json").read_text())["pairs"]
     assert all(p["status"] == "evaluated" and p["episodes"][0]["length"] == 5 for p in pairs)
     cross = next(p for p in pairs if p["encoder_path"] == str(ppo) and p["policy_path"] == str(ddqn))
@@ -300,7 +320,9 @@ def test_end_to_end_two_colours(tmp_path, repo_root):
     pairs = json.loads((out / "stitch_results.json").read_text())["pairs"]
     assert {(p["encoder"], p["policy"]) for p in pairs} == {(a, b) for a in ("red", "green") for b in ("red", "green")}
     # Same seeds -> same numbers, in 2 worker processes (above) or in this one.
-    stitch_eval.main(Args(checkpoints=(str(runs / "*"),), num_tracks=2, max_episode_steps=20, workers=1, out_dir=str(tmp_path / "serial")))
+    stitch_eval.main(
+        Args(checkpoints=(str(runs / "*"),), num_tracks=2, max_episode_steps=20, workers=1, out_dir=str(tmp_path / "serial"))
+    )
     assert read_csv(tmp_path / "serial" / "stitch_episodes.csv") == read_csv(out / "stitch_episodes.csv")
 
     out = tmp_path / "similarity"
@@ -321,7 +343,10 @@ def test_config_labels_leave_out_the_seed_and_name_what_varies():
 
     assert stitch_eval.config_labels([meta("green"), meta("green", seed=2), meta("red")]) == ["green", "green", "red"]
     assert stitch_eval.config_labels([meta("green"), meta("green", task="slow"), meta("red", algorithm="ddqn")]) == [
-        "green standard ppo", "green slow ppo", "red standard ddqn"]
+        "green standard ppo",
+        "green slow ppo",
+        "red standard ddqn",
+    ]
     assert stitch_eval.config_labels([meta("green"), meta("green", view="far")]) == ["green near", "green far"]
 
 
