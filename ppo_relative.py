@@ -1,8 +1,7 @@
 # docs and experiment results can be found in docs/ppo_relative.md
 """PPO with relative (or absolute) representations on colour-variable CarRacing.
 
-R3L: Ricciardi et al., "Zero-shot stitching in RL using relative representations" (seed 001; R3L,
-arXiv 2404.12917). The agent is an encoder E (Nature CNN) and a policy (controller with actor and critic
+R3L: Ricciardi et al., "Zero-shot stitching in RL using relative representations" (arXiv 2404.12917). The agent is an encoder E (Nature CNN) and a policy (controller with actor and critic
 heads), kept as two modules because stitching combines the encoder of one run with the policy of another:
 
     python ppo_relative.py --bg-color green                  # relative: pi( cos(E(x), E(A)) )   (eq. 3-4)
@@ -11,10 +10,9 @@ heads), kept as two modules because stitching combines the encoder of one run wi
 
 Every run writes `runs/{run_name}/agent.pt` (the checkpoint contract, docs/checkpoints.md) and TensorBoard logs.
 """
+import functools
 import os
 import random
-import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, fields
@@ -32,10 +30,16 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from envs.anchors import AnchorRecipe, load_anchor_set  # importing the envs package registers ColorCarRacing-v0
-from envs.car_racing import NAMED_COLORS, TASKS, make_color_car_racing, parse_bg_color
-
-CHECKPOINT_FORMAT = "r3l-agent-v1"
-CHECKPOINT_FILE = "agent.pt"
+from envs.car_racing import NAMED_COLORS, TASKS, VIEWS, make_color_car_racing, parse_bg_color, resolve_view_task
+from envs.checkpoint import (
+    AGENT_FILE,
+    GracefulStop,
+    agent_payload,
+    ensure_writable_dir,
+    fail,
+    load_agent_checkpoint,
+    save_atomic,
+)
 
 
 @dataclass
@@ -50,12 +54,15 @@ class Args:
     """if toggled, cuda will be used when available"""
     torch_threads: int = 1
     """number of CPU threads torch may use (1 keeps CPU runs reproducible and polite on shared machines)"""
+    precision: str = "auto"
+    """forward passes in bf16 (torch.autocast; weights, optimiser, losses and checkpoints stay fp32) or fp32;
+    auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32"""
     capture_video: bool = False
     """if toggled, save GIFs of the agent's view during the final evaluation episodes to `videos/{run_name}/`"""
     runs_dir: str = "runs"
     """directory that receives `{run_name}/` (TensorBoard logs and the checkpoint `agent.pt`)"""
-    save_every: int = 10
-    """write the checkpoint every this many PPO iterations (0: only at the end)"""
+    save_every: int = 20_000
+    """write the checkpoint at the end of the first PPO iteration past every multiple of this many env steps (0: only at the end)"""
     resume: Optional[str] = None
     """continue the run stored in this checkpoint (`runs/{run_name}/agent.pt` or its directory)"""
     eval_episodes: int = 10
@@ -64,8 +71,10 @@ class Args:
     # Environment arguments
     bg_color: str = "green"
     """background colour: green, red, blue, yellow, violet, pink or a hex colour '#rrggbb'"""
+    view: str = "near"
+    """camera: near (gymnasium's zoom 2.7) or far (zoom 1); part of what the encoder sees, like the colour"""
     task: str = "standard"
-    """task variant: standard, far, slow, scrambled or no_idle"""
+    """task variant: standard, slow, scrambled or no_idle (reward rule, actions, episode length); 'far' = --view far"""
     frame_stack: int = 1
     """RGB frames per observation (1: the seed paper's single frame; 4 reproduces R3L)"""
 
@@ -115,14 +124,6 @@ class Args:
     target_kl: Optional[float] = None
     """the target KL divergence threshold (None: no early stopping)"""
 
-    # to be filled in runtime
-    batch_size: int = 0
-    """the batch size (computed in runtime)"""
-    minibatch_size: int = 0
-    """the mini-batch size (computed in runtime)"""
-    num_iterations: int = 0
-    """the number of iterations (computed in runtime)"""
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Networks: encoder (Nature CNN + relative projection) and policy (controller), stitched separately
@@ -137,7 +138,7 @@ def layer_init(layer, std=2**0.5, bias_const=0.0):
 
 
 class RelativeProjection(nn.Module):
-    """Relative representation of a latent with respect to anchor embeddings (seed 001, eq. 2-3):
+    """Relative representation of a latent with respect to anchor embeddings (R3L eq. 2-3):
 
         z_rel = normalize(E(x) - mu) normalize(E(A) - mu)^T,   mu = mean of the anchor embeddings E(A)
 
@@ -173,6 +174,9 @@ class RelativeProjection(nn.Module):
         # normalize(E(A) - mu) stored transposed, (latent_dim, num_anchors): latent @ it reads the matrix
         # in order, ~1.5x faster than latent @ (num_anchors, latent_dim).T for the rollout's few rows
         self.register_buffer("normalized_anchors_t", torch.zeros(latent_dim, num_anchors), persistent=False)
+        # its bf16 copy for --precision bf16: autocast would otherwise convert the 3136 x 3136 matrix on every call
+        self.register_buffer("normalized_anchors_t_bf16", torch.zeros(latent_dim, num_anchors, dtype=torch.bfloat16),
+                             persistent=False)  # fmt: skip
         self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.refresh_anchor_side())
 
     @torch.no_grad()
@@ -185,6 +189,7 @@ class RelativeProjection(nn.Module):
             self.anchor_scale.copy_(anchors.std(dim=0) + 1e-6)
             anchors = anchors / self.anchor_scale
         self.normalized_anchors_t.copy_(F.normalize(anchors, dim=-1).T)
+        self.normalized_anchors_t_bf16.copy_(self.normalized_anchors_t)
 
     @torch.no_grad()
     def update_anchors(self, fresh_embeddings: torch.Tensor) -> None:
@@ -196,10 +201,14 @@ class RelativeProjection(nn.Module):
         self.refresh_anchor_side()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        latent = latent - self.anchor_center
+        latent = latent - self.anchor_center  # bf16 - fp32 promotes: centring and normalising run in fp32
         if self.standardize:
             latent = latent / self.anchor_scale
-        return F.normalize(latent, dim=-1) @ self.normalized_anchors_t
+        latent = F.normalize(latent, dim=-1)
+        device = latent.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+            return latent.to(torch.bfloat16) @ self.normalized_anchors_t_bf16
+        return latent @ self.normalized_anchors_t
 
 
 class Encoder(nn.Module):
@@ -229,9 +238,10 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def update_anchors(self, anchor_frames: torch.Tensor, chunk_size: int = 512) -> None:
-        """One EMA step of the anchor embeddings from the current CNN (no-op for absolute encoders)."""
+        """One EMA step of the anchor embeddings from the current CNN (no-op for absolute encoders). Under bf16
+        autocast the CNN runs in bf16; the EMA buffer and the anchor side stay fp32."""
         if self.projection is not None:
-            fresh = torch.cat([self.embed_frames(chunk) for chunk in anchor_frames.split(chunk_size)])
+            fresh = torch.cat([self.embed_frames(chunk).float() for chunk in anchor_frames.split(chunk_size)])
             self.projection.update_anchors(fresh)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -267,73 +277,19 @@ class Policy(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # Environments, checkpoints, evaluation
 # ---------------------------------------------------------------------------------------------------------
-def make_env(bg_color: str, task: str, frame_stack: int):
+def make_env(bg_color: str, task: str, frame_stack: int, view: str):
     def thunk():
-        return make_color_car_racing(bg_color, task, frame_stack)
+        return make_color_car_racing(bg_color, task, frame_stack, view=view)
 
     return thunk
 
 
-def save_checkpoint(path: str, encoder: Encoder, policy: Policy, metadata: dict, training_state: dict) -> None:
-    """Write the checkpoint atomically: a temporary file in the same directory, then os.replace."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
-        "policy": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
-        "metadata": metadata,
-        "training_state": training_state,
-    }
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
-REQUIRED_METADATA = (
-    "algorithm", "bg_color", "task", "reward", "frame_stack", "num_actions", "relative", "anchor_set_id",
-    "num_anchors", "anchor_standardize", "latent_dim", "seed", "global_step", "args",
-)
-
-
-def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint of the collection (docs/checkpoints.md) on the CPU with weights_only=True.
-
-    `path` is `runs/{run_name}/agent.pt` or its directory. Any problem (missing file, not a torch file,
-    another format, missing keys) raises a ValueError with a one-line message."""
-    accepted = f"accepted: a runs/{{run_name}}/{CHECKPOINT_FILE} file in format {CHECKPOINT_FORMAT!r}"
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path!r} does not exist; {accepted}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"checkpoint {path!r} is not a loadable torch file ({reason}); {accepted}") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"checkpoint {path!r} has format {found!r}; {accepted}")
-    missing = [k for k in ("encoder", "policy", "metadata", "training_state") if not isinstance(checkpoint.get(k), dict)]
-    if not missing:
-        missing = [f"metadata.{k}" for k in REQUIRED_METADATA if k not in checkpoint["metadata"]]
-    if missing:
-        raise ValueError(f"checkpoint {path!r} lacks {', '.join(missing)}; {accepted}")
-    return checkpoint
-
-
 @torch.no_grad()
 def evaluate(encoder: Encoder, policy: Policy, bg_color: str, task: str, frame_stack: int, episodes: int, seed: int,
-             device, max_steps: Optional[int] = None, video_dir: Optional[str] = None) -> list[float]:
+             device, max_steps: Optional[int] = None, video_dir: Optional[str] = None, view: str = "near") -> list[float]:
     """Deterministic (argmax) episodes on fresh tracks `seed`, `seed + 1`, ...; returns the episodic returns.
     `max_steps` cuts episodes short (tests); `video_dir` receives one GIF of the agent's view per episode."""
-    env = make_color_car_racing(bg_color, task, frame_stack)
+    env = make_color_car_racing(bg_color, task, frame_stack, view=view)
     returns = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -351,6 +307,14 @@ def evaluate(encoder: Encoder, policy: Policy, bg_color: str, task: str, frame_s
             iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), np.stack(frames), duration=20, loop=0)
     env.close()
     return returns
+
+
+def native_bf16(device: torch.device) -> bool:
+    """The rule behind --precision auto: bf16 where the device multiplies bf16 matrices natively (CUDA GPUs with
+    bf16; CPUs with AMX or AVX512-BF16, where bf16 matrix products run 3-4x faster than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
 def compute_gae(rewards, values, next_value, terminations, dones, gamma: float, gae_lambda: float) -> torch.Tensor:
@@ -376,8 +340,10 @@ def compute_gae(rewards, values, next_value, terminations, dones, gamma: float, 
 # Input validation and --resume
 # ---------------------------------------------------------------------------------------------------------
 # flags that may differ from the checkpoint's when resuming; every other flag must match it (or be left out)
-RESUME_FREE_FLAGS = ("resume", "total_timesteps", "cuda", "torch_threads", "save_every", "eval_episodes", "capture_video", "runs_dir")
-RUNTIME_FIELDS = ("batch_size", "minibatch_size", "num_iterations")
+RESUME_FREE_FLAGS = (
+    "resume", "total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes", "capture_video", "runs_dir",
+)  # fmt: skip
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def validate_args(args: Args) -> None:
@@ -388,8 +354,12 @@ def validate_args(args: Args) -> None:
         raise ValueError(
             f"unknown --bg-color {args.bg_color!r}; accepted: {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
         ) from None
+    if args.precision not in PRECISIONS:
+        raise ValueError(f"unknown --precision {args.precision!r}; accepted: {', '.join(PRECISIONS)}")
+    if args.view not in VIEWS:
+        raise ValueError(f"unknown --view {args.view!r}; accepted: {', '.join(VIEWS)}")
     if args.task not in TASKS:
-        raise ValueError(f"unknown --task {args.task!r}; accepted: {', '.join(TASKS)}")
+        raise ValueError(f"unknown --task {args.task!r}; accepted: {', '.join(TASKS)} ('far' is --view far)")
     anchor_pool = len(AnchorRecipe().track_seeds) * args.anchor_steps_per_track
     checks = [
         (args.frame_stack >= 1, "--frame-stack", args.frame_stack, "an integer >= 1"),
@@ -431,7 +401,7 @@ def resumed_args(cli: Args, checkpoint: dict) -> Args:
         if name in RESUME_FREE_FLAGS:  # given on the command line (not left at its default): it wins
             values[name] = given if given != getattr(defaults, name) or name not in stored else stored[name]
         elif name in stored:
-            if name not in RUNTIME_FIELDS and given != getattr(defaults, name) and given != stored[name]:
+            if given != getattr(defaults, name) and given != stored[name]:
                 raise ValueError(
                     f"--{name.replace('_', '-')} {given!r} differs from the resumed run's {stored[name]!r}; "
                     f"accepted: leave it out or pass the stored value (only {free} may change)"
@@ -444,6 +414,7 @@ def checkpoint_metadata(args: Args, num_actions: int, latent_dim: int, anchor_se
     return {
         "algorithm": "ppo",
         "bg_color": args.bg_color,
+        "view": args.view,
         "task": args.task,
         "reward": "standard",
         "frame_stack": args.frame_stack,
@@ -464,37 +435,39 @@ if __name__ == "__main__":
     try:
         checkpoint = None
         if args.resume is not None:
-            checkpoint = load_checkpoint(args.resume)
+            checkpoint = load_agent_checkpoint(args.resume)
             algorithm = checkpoint["metadata"]["algorithm"]
             missing = [k for k in ("optimizer", "iteration", "torch_rng_state") if k not in checkpoint["training_state"]]
             if algorithm != "ppo" or missing:
                 found = f"a {algorithm!r} run" if algorithm != "ppo" else f"no training_state {', '.join(missing)}"
                 raise ValueError(f"--resume {args.resume!r} holds {found}; accepted: a checkpoint written by ppo_relative.py")
             args = resumed_args(args, checkpoint)
+        if args.task == "far":  # the alias of the far view of the standard task
+            args.view, args.task = resolve_view_task(args.view, args.task)
         validate_args(args)
-        args.batch_size = int(args.num_envs * args.num_steps)
-        args.minibatch_size = int(args.batch_size // args.num_minibatches)
-        args.num_iterations = args.total_timesteps // args.batch_size
+        batch_size = args.num_envs * args.num_steps
+        num_iterations = args.total_timesteps // batch_size
         start_iteration = 1 if checkpoint is None else checkpoint["training_state"]["iteration"] + 1
-        if start_iteration > args.num_iterations:
+        if start_iteration > num_iterations:
             raise ValueError(
                 f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
                 f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it"
             )
-        # anchor frames of the run's own colour and task (seed 001 §3.1): the same states for every colour
+        # anchor frames of the run's own colour and view (R3L §3.1): the same states for every colour
         anchor_set = None
         if args.relative:
             recipe = AnchorRecipe(steps_per_track=args.anchor_steps_per_track, num_anchors=args.num_anchors)
-            print(f"anchor set {recipe.set_id} ({args.bg_color}, {args.task}): loading; the first use builds and caches it")
-            anchor_set = load_anchor_set(args.bg_color, args.task, recipe=recipe)
+            anchor_set = load_anchor_set(args.bg_color, view=args.view, recipe=recipe)
+            print(f"anchor set {anchor_set.set_id} ({args.bg_color}, {args.view} view): {anchor_set.source}")
             if checkpoint is not None and checkpoint["metadata"]["anchor_set_id"] != anchor_set.set_id:
                 raise ValueError(
                     f"--resume {args.resume!r} used anchor set {checkpoint['metadata']['anchor_set_id']!r}, this "
                     f"installation builds {anchor_set.set_id!r}; accepted: a checkpoint of the current anchor recipe"
                 )
+        if checkpoint is None:
+            ensure_writable_dir(args.runs_dir, "--runs-dir")
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
 
     torch.set_num_threads(args.torch_threads)
     random.seed(args.seed)
@@ -502,15 +475,22 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.precision == "auto":
+        args.precision = "bf16" if native_bf16(device) else "fp32"
+    # mixed precision: forward passes under bf16 autocast; weights, optimiser state, losses, returns and
+    # advantages stay fp32 (network outputs are cast back with .float() before any loss arithmetic)
+    amp = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     if checkpoint is None:
         color_name = args.bg_color.lstrip("#").lower()
-        run_name = f"ColorCarRacing-{color_name}-{args.task}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        view_name = "" if args.view == "near" else f"-{args.view}"
+        run_name = f"ColorCarRacing-{color_name}{view_name}-{args.task}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = os.path.join(args.runs_dir, run_name)
     else:  # continue logging next to the checkpoint
         run_dir = os.path.abspath(args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume))
         run_name = os.path.basename(run_dir)
-    writer = SummaryWriter(run_dir)
+    # a resumed run drops the TensorBoard events logged after its checkpoint, so the curves do not overlap
+    writer = SummaryWriter(run_dir, purge_step=None if checkpoint is None else checkpoint["metadata"]["global_step"] + 1)
     if checkpoint is None:
         writer.add_text(
             "hyperparameters",
@@ -518,7 +498,9 @@ if __name__ == "__main__":
         )
 
     # env setup: gymnasium 1.x vector env, autoreset on the NEXT step (see the rollout below)
-    envs = gym.vector.SyncVectorEnv([make_env(args.bg_color, args.task, args.frame_stack) for _ in range(args.num_envs)])
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.bg_color, args.task, args.frame_stack, args.view) for _ in range(args.num_envs)]
+    )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
     num_actions = int(envs.single_action_space.n)
@@ -539,7 +521,8 @@ if __name__ == "__main__":
 
     global_step = 0
     if checkpoint is None:
-        encoder.update_anchors(anchor_frames)  # initialise E(A) with the untrained encoder's embeddings
+        with amp():
+            encoder.update_anchors(anchor_frames)  # initialise E(A) with the untrained encoder's embeddings
         env_seed = args.seed
     else:
         try:
@@ -548,19 +531,18 @@ if __name__ == "__main__":
             optimizer.load_state_dict(checkpoint["training_state"]["optimizer"])
             torch.set_rng_state(checkpoint["training_state"]["torch_rng_state"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            print(f"error: --resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
-                  "accepted: an unmodified ppo_relative.py checkpoint", file=sys.stderr)
-            sys.exit(2)
+            fail(f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
+                 "accepted: an unmodified ppo_relative.py checkpoint")
         global_step = checkpoint["metadata"]["global_step"]
         # the simulator's state is not in the checkpoint: the resumed run starts new episodes on tracks
         # seeded from (seed, iteration), so a resumed run is reproducible but not identical to an uninterrupted one
         env_seed = args.seed + start_iteration * args.num_envs
         print(f"resumed {run_name} at global_step={global_step} (iteration {start_iteration - 1})")
 
-    def write_checkpoint(iteration: int) -> None:
+    def write_checkpoint(iteration: int, step: int) -> None:
         training_state = {"optimizer": optimizer.state_dict(), "iteration": iteration, "torch_rng_state": torch.get_rng_state()}
-        metadata = checkpoint_metadata(args, num_actions, encoder.latent_dim, anchor_set_id, global_step)
-        save_checkpoint(os.path.join(run_dir, CHECKPOINT_FILE), encoder, policy, metadata, training_state)
+        metadata = checkpoint_metadata(args, num_actions, encoder.latent_dim, anchor_set_id, step)
+        save_atomic(agent_payload(encoder, policy, metadata, training_state), os.path.join(run_dir, AGENT_FILE))
 
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=torch.uint8, device=device)
@@ -578,145 +560,164 @@ if __name__ == "__main__":
     next_obs = torch.as_tensor(next_obs, device=device)
     next_is_reset = torch.zeros(args.num_envs, dtype=torch.bool, device=device)
     recent_returns = deque(maxlen=20)
-    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True,
+    progress = tqdm(total=num_iterations * batch_size, initial=global_step, unit="step", dynamic_ncols=True,
                     mininterval=2.0, smoothing=0.05)
 
-    for iteration in range(start_iteration, args.num_iterations + 1):
-        # Annealing the rate if instructed to do so.
-        if args.anneal_lr:
-            frac = 1.0 - (iteration - 1.0) / args.num_iterations
-            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+    completed_iteration, completed_step = start_iteration - 1, global_step
+    with GracefulStop() as stop:
+        for iteration in range(start_iteration, num_iterations + 1):
+            # Annealing the rate if instructed to do so.
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / num_iterations
+                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
-        for step in range(0, args.num_steps):
-            global_step += args.num_envs
-            obs[step] = next_obs
-            # Gymnasium 1.x autoreset (NEXT_STEP): the step after an episode ends only resets that env. Its
-            # "transition" (final obs -> first obs, action ignored, reward 0) is not part of any episode.
-            reset_steps[step] = next_is_reset
+            for step in range(0, args.num_steps):
+                if stop.requested:  # Ctrl-C / SIGTERM: drop the unfinished rollout, keep the last update
+                    break
+                global_step += args.num_envs
+                obs[step] = next_obs
+                # Gymnasium 1.x autoreset (NEXT_STEP): the step after an episode ends only resets that env. Its
+                # "transition" (final obs -> first obs, action ignored, reward 0) is not part of any episode.
+                reset_steps[step] = next_is_reset
 
-            # ALGO LOGIC: action logic
-            with torch.no_grad():
-                logits, value = policy(encoder(next_obs))
-                probs = Categorical(logits=logits)
-                action = probs.sample()
-            values[step] = value
-            actions[step] = action
-            logprobs[step] = probs.log_prob(action)
-
-            # TRY NOT TO MODIFY: execute the game and log data.
-            next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
-            rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-            terminations[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
-            next_is_reset = torch.as_tensor(np.logical_or(terminated, truncated), device=device)
-            dones[step] = next_is_reset.float()
-            next_obs = torch.as_tensor(next_obs, device=device)
-
-            if "_episode" in infos:
-                for i in np.nonzero(infos["_episode"])[0]:
-                    episodic_return, episodic_length = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
-                    recent_returns.append(episodic_return)
-                    tqdm.write(f"global_step={global_step}, episodic_return={episodic_return:.2f}")
-                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
-                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
-            progress.update(args.num_envs)
-
-        # bootstrap value if not done
-        with torch.no_grad():
-            next_value = policy(encoder(next_obs))[1]
-            advantages = compute_gae(rewards, values, next_value, terminations, dones, args.gamma, args.gae_lambda)
-            returns = advantages + values
-
-        # flatten the batch and drop the reset steps: they are not transitions of the MDP
-        valid = ~reset_steps.reshape(-1)
-        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)[valid]
-        b_logprobs = logprobs.reshape(-1)[valid]
-        b_actions = actions.reshape(-1)[valid]
-        b_advantages = advantages.reshape(-1)[valid]
-        b_returns = returns.reshape(-1)[valid]
-        b_values = values.reshape(-1)[valid]
-
-        # Optimizing the policy and value network
-        clipfracs = []
-        for epoch in range(args.update_epochs):
-            b_inds = torch.randperm(len(b_obs), device=device)
-            for mb_inds in b_inds.tensor_split(args.num_minibatches):
-                logits, newvalue = policy(encoder(b_obs[mb_inds]))
-                probs = Categorical(logits=logits)
-                newlogprob = probs.log_prob(b_actions[mb_inds])
-                entropy = probs.entropy()
-                logratio = newlogprob - b_logprobs[mb_inds]
-                ratio = logratio.exp()
-
+                # ALGO LOGIC: action logic
                 with torch.no_grad():
-                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                    old_approx_kl = (-logratio).mean()
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+                    with amp():
+                        logits, value = policy(encoder(next_obs))
+                    probs = Categorical(logits=logits.float())
+                    action = probs.sample()
+                values[step] = value
+                actions[step] = action
+                logprobs[step] = probs.log_prob(action)
 
-                mb_advantages = b_advantages[mb_inds]
-                if args.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                # TRY NOT TO MODIFY: execute the game and log data.
+                next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
+                rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                terminations[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
+                next_is_reset = torch.as_tensor(np.logical_or(terminated, truncated), device=device)
+                dones[step] = next_is_reset.float()
+                next_obs = torch.as_tensor(next_obs, device=device)
 
-                # Policy loss
-                pg_loss1 = -mb_advantages * ratio
-                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+                if "_episode" in infos:
+                    for i in np.nonzero(infos["_episode"])[0]:
+                        episodic_return, episodic_length = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
+                        recent_returns.append(episodic_return)
+                        tqdm.write(f"global_step={global_step}, episodic_return={episodic_return:.2f}")
+                        writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                        writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+                progress.update(args.num_envs)
 
-                # Value loss
-                if args.clip_vloss:
-                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                    v_clipped = b_values[mb_inds] + torch.clamp(
-                        newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
-                    )
-                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-                else:
-                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
-
-                entropy_loss = entropy.mean()
-                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(policy.parameters()), args.max_grad_norm)
-                optimizer.step()
-
-            if args.target_kl is not None and approx_kl > args.target_kl:
+            if stop.requested:
                 break
+            # bootstrap value if not done
+            with torch.no_grad():
+                with amp():
+                    next_value = policy(encoder(next_obs))[1].float()
+                advantages = compute_gae(rewards, values, next_value, terminations, dones, args.gamma, args.gae_lambda)
+                returns = advantages + values
 
-        # move the anchor embeddings towards the updated CNN's (one EMA step per iteration, see above)
-        encoder.update_anchors(anchor_frames)
+            # flatten the batch and drop the reset steps: they are not transitions of the MDP
+            valid = ~reset_steps.reshape(-1)
+            b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)[valid]
+            b_logprobs = logprobs.reshape(-1)[valid]
+            b_actions = actions.reshape(-1)[valid]
+            b_advantages = advantages.reshape(-1)[valid]
+            b_returns = returns.reshape(-1)[valid]
+            b_values = values.reshape(-1)[valid]
 
-        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-        var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+            # Optimizing the policy and value network
+            clipfracs = []
+            for epoch in range(args.update_epochs):
+                b_inds = torch.randperm(len(b_obs), device=device)
+                for mb_inds in b_inds.tensor_split(args.num_minibatches):
+                    with amp():
+                        logits, newvalue = policy(encoder(b_obs[mb_inds]))
+                    probs = Categorical(logits=logits.float())
+                    newvalue = newvalue.float()
+                    newlogprob = probs.log_prob(b_actions[mb_inds])
+                    entropy = probs.entropy()
+                    logratio = newlogprob - b_logprobs[mb_inds]
+                    ratio = logratio.exp()
 
-        # TRY NOT TO MODIFY: record rewards for plotting purposes
-        sps = int((global_step - start_step) / (time.time() - start_time))
-        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-        writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        writer.add_scalar("charts/SPS", sps, global_step)
-        recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-        progress.set_postfix_str(f"SPS={sps} return(last {len(recent_returns)})={recent}", refresh=False)
+                    with torch.no_grad():
+                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                        old_approx_kl = (-logratio).mean()
+                        approx_kl = ((ratio - 1) - logratio).mean()
+                        clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
 
-        if args.save_every > 0 and iteration % args.save_every == 0 and iteration < args.num_iterations:
-            write_checkpoint(iteration)
+                    mb_advantages = b_advantages[mb_inds]
+                    if args.norm_adv:
+                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                    # Policy loss
+                    pg_loss1 = -mb_advantages * ratio
+                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                    # Value loss
+                    if args.clip_vloss:
+                        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                        v_clipped = b_values[mb_inds] + torch.clamp(
+                            newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
+                        )
+                        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+                    else:
+                        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                    entropy_loss = entropy.mean()
+                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(policy.parameters()), args.max_grad_norm)
+                    optimizer.step()
+
+                if args.target_kl is not None and approx_kl > args.target_kl:
+                    break
+
+            # move the anchor embeddings towards the updated CNN's (one EMA step per iteration, see above)
+            with amp():
+                encoder.update_anchors(anchor_frames)
+
+            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+            writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+            writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+            progress.set_postfix_str(f"SPS={sps} return(last {len(recent_returns)})={recent}", refresh=False)
+
+            completed_iteration, completed_step = iteration, global_step
+            crossed_save_point = args.save_every > 0 and global_step // args.save_every > (global_step - batch_size) // args.save_every
+            if crossed_save_point and iteration < num_iterations:
+                write_checkpoint(iteration, global_step)
 
     progress.close()
     envs.close()
-    write_checkpoint(args.num_iterations)
-    print(f"checkpoint saved to {os.path.join(run_dir, CHECKPOINT_FILE)} (global_step={global_step}, SPS={sps})")
+    checkpoint_path = os.path.join(run_dir, AGENT_FILE)
+    if stop.requested:
+        write_checkpoint(completed_iteration, completed_step)
+        writer.close()
+        stop.exit(f"checkpoint at {checkpoint_path} (global_step={completed_step}); "
+                  f"resume with: python ppo_relative.py --resume {checkpoint_path}")  # fmt: skip
+    write_checkpoint(num_iterations, global_step)
+    print(f"checkpoint saved to {checkpoint_path} (global_step={global_step}, SPS={sps})")
 
     if args.eval_episodes > 0:
         video_dir = os.path.join("videos", run_name) if args.capture_video else None
         eval_returns = evaluate(encoder, policy, args.bg_color, args.task, args.frame_stack, args.eval_episodes,
-                                args.seed + 10_000, device, video_dir=video_dir)
+                                args.seed + 10_000, device, video_dir=video_dir, view=args.view)
         for episode, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
         print(f"eval_return_mean={np.mean(eval_returns):.2f} eval_return_std={np.std(eval_returns):.2f} "

@@ -1,4 +1,4 @@
-"""Parallel anchor frames for relative representations (R3L, seed 001 section 3.1).
+"""Parallel anchor frames for relative representations (R3L, Ricciardi et al., arXiv 2404.12917, section 3.1).
 
 The relative projection compares an observation's embedding with the embeddings of a fixed set of
 *anchor* observations. To stitch an encoder trained on red with a policy trained on green, both
@@ -8,8 +8,9 @@ the track's own waypoints replaces the trained agent, so anchors exist before an
 
 1. `record_trajectory`: the `WaypointDriver` drives a fixed track seed; its gymnasium actions are recorded.
    The driver reads only the physics state, so the same actions come out whatever the colour.
-2. `render_trajectory`: the actions are replayed on the same track in any colour and task variant,
-   giving frames that differ only in colour (or in camera, for the ``far`` task).
+2. `render_trajectory`: the actions are replayed on the same track in any colour and camera view,
+   giving frames that differ only in colour (or in camera, for the ``far`` view). The task does not enter:
+   the replay uses gymnasium's dynamics and action numbering, so anchors depend on colour and view only.
 3. `load_anchor_set`: a fixed, seeded choice of `num_anchors` frames out of the pooled trajectories
    (default 3136 = 64*7*7, the Nature-CNN latent size at 84x84) is the anchor set. Its identity
    `AnchorRecipe.set_id` is a short hash of everything that made it; checkpoints record it, and two
@@ -26,13 +27,14 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from envs.car_racing import STEER_ACTIONS, ColorCarRacing, check_task, parse_bg_color, preprocess_frame
+from envs.car_racing import STEER_ACTIONS, ColorCarRacing, check_view, parse_bg_color, preprocess_frame
 from envs.fast_render import RENDERER_VERSION
 
 RECIPE_VERSION = 1
@@ -100,7 +102,8 @@ class AnchorSet:
     steering: np.ndarray  # (num_anchors,) bool: the frame was taken while the driver steered
     set_id: str
     bg_color: str
-    task: str
+    view: str
+    source: str = "built"  # "loaded from <cache file>", "built and cached in <cache file>" or "built (not cached)"
 
     @property
     def steer_fraction(self) -> float:
@@ -125,12 +128,12 @@ def record_trajectory(track_seed: int, max_steps: int, driver: WaypointDriver = 
     return np.asarray(actions, dtype=np.int64)
 
 
-def render_trajectory(track_seed: int, actions: np.ndarray, bg_color: str = "green", task: str = "standard") -> np.ndarray:
-    """Replay gymnasium `actions` on track `track_seed` in a colour and task variant.
+def render_trajectory(track_seed: int, actions: np.ndarray, bg_color: str = "green", view: str = "near") -> np.ndarray:
+    """Replay gymnasium `actions` on track `track_seed` in a colour and camera view.
 
     Returns (len(actions), 3, 84, 84) uint8: frame i is the observation after action i. The replay
-    uses gymnasium's dynamics directly, so it is the same trajectory in every variant."""
-    env = ColorCarRacing(bg_color=bg_color, task=task)
+    uses gymnasium's dynamics directly, so it is the same trajectory in every colour and view."""
+    env = ColorCarRacing(bg_color=bg_color, view=view)
     env.reset(seed=track_seed)
     frames = np.empty((len(actions), 3, 84, 84), dtype=np.uint8)
     for i, action in enumerate(actions):
@@ -177,41 +180,47 @@ def _write_cache(path: Path, set_id: str, frames: np.ndarray, steering: np.ndarr
             os.remove(tmp)
 
 
-def build_anchor_set(bg_color: str, task: str, recipe: AnchorRecipe) -> AnchorSet:
-    """Drive, replay in (bg_color, task) and pick the recipe's anchor frames (no cache)."""
+def build_anchor_set(bg_color: str, view: str, recipe: AnchorRecipe) -> AnchorSet:
+    """Drive, replay in (bg_color, view) and pick the recipe's anchor frames (no cache)."""
     pool_frames, pool_steering = [], []
     for track_seed in recipe.track_seeds:
         actions = record_trajectory(track_seed, recipe.steps_per_track, recipe.driver)
-        pool_frames.append(render_trajectory(track_seed, actions, bg_color, task))
+        pool_frames.append(render_trajectory(track_seed, actions, bg_color, view))
         pool_steering.append(np.isin(actions, STEER_ACTIONS))
     frames, steering = np.concatenate(pool_frames), np.concatenate(pool_steering)
     if recipe.num_anchors > len(frames):
         raise ValueError(f"num_anchors={recipe.num_anchors} exceeds the {len(frames)} recorded frames of the recipe")
     indices = np.sort(np.random.default_rng(recipe.index_seed).choice(len(frames), recipe.num_anchors, replace=False))
-    return AnchorSet(frames[indices], steering[indices], recipe.set_id, bg_color, task)
+    return AnchorSet(frames[indices], steering[indices], recipe.set_id, bg_color, view)
 
 
 def load_anchor_set(
     bg_color: str = "green",
-    task: str = "standard",
+    view: str = "near",
     num_anchors: int = DEFAULT_NUM_ANCHORS,
     recipe: AnchorRecipe | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> AnchorSet:
-    """The anchor set of `recipe` (default: `AnchorRecipe(num_anchors=num_anchors)`) in a colour and task,
-    from the on-disk cache when a valid copy exists, built and cached otherwise.
+    """The anchor set of `recipe` (default: `AnchorRecipe(num_anchors=num_anchors)`) in a colour and camera view,
+    from the on-disk cache when a valid copy exists, built and cached otherwise (`AnchorSet.source` says which).
+    An unwritable cache folder costs a warning on stderr, not the run: the set is built and used uncached.
 
     Same call -> same frames, bit for bit."""
     parse_bg_color(bg_color)
-    check_task(task)
+    check_view(view)
     recipe = recipe or AnchorRecipe(num_anchors=num_anchors)
     if recipe.num_anchors < 1:
         raise ValueError(f"num_anchors must be >= 1, got {recipe.num_anchors}")
-    file_name = f"anchors-{recipe.set_id}-r{RENDERER_VERSION}-{bg_color.lstrip('#').lower()}-{task}.npz"
+    file_name = f"anchors-{recipe.set_id}-r{RENDERER_VERSION}-{bg_color.lstrip('#').lower()}-{view}.npz"
     path = Path(cache_dir or anchor_cache_dir()) / file_name
     cached = _read_cache(path, recipe.set_id, recipe.num_anchors)
     if cached is not None:
-        return AnchorSet(*cached, recipe.set_id, bg_color, task)
-    anchor_set = build_anchor_set(bg_color, task, recipe)
-    _write_cache(path, recipe.set_id, anchor_set.frames, anchor_set.steering)
-    return anchor_set
+        return AnchorSet(*cached, recipe.set_id, bg_color, view, source=f"loaded from {path}")
+    anchor_set = build_anchor_set(bg_color, view, recipe)
+    try:
+        _write_cache(path, recipe.set_id, anchor_set.frames, anchor_set.steering)
+    except OSError as e:
+        print(f"warning: cannot cache the anchor set in {path.parent} ({e.strerror or type(e).__name__}); "
+              "using it uncached (set R3L_ANCHOR_CACHE to a writable folder to keep it)", file=sys.stderr)  # fmt: skip
+        return replace(anchor_set, source="built (not cached)")
+    return replace(anchor_set, source=f"built and cached in {path}")

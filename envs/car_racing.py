@@ -4,16 +4,21 @@ The physics, track generation and reward are gymnasium's own (we subclass
 `gymnasium.envs.box2d.car_racing.CarRacing` with discrete actions); this module only changes
 
 * the colours of the background and grass (``bg_color``), the road stays [102, 102, 102];
-* the task (``task``): the camera zoom, the reward rule, the action order and the episode length,
-  as in R3L (Ricciardi et al. 2024, arXiv 2404.12917):
+* the camera (``view``), a visual variation like the colour: ``near`` is gymnasium's camera (zoom 2.7),
+  ``far`` sees the same track from further away (zoom 1);
+* the task (``task``): the reward rule, the action order and the episode length, as in R3L
+  (Ricciardi et al., "Zero-shot stitching in RL using relative representations", arXiv 2404.12917):
 
   ============  ===========================================================================
   ``standard``  gymnasium's task: Discrete(5), -0.1 per frame, +1000/N per new tile, 1000 steps
-  ``far``       the same task seen from further away: camera zoom 1 instead of 2.7
   ``slow``      no per-frame penalty; driving faster than 35 gives -100 and ends; 3000 steps
   ``scrambled`` Discrete(5) in another order: 0 left, 1 right, 2 gas, 3 brake, 4 nothing
   ``no_idle``   Discrete(4): left, right, gas, brake (the scrambled order without "nothing")
   ============  ===========================================================================
+
+  What an encoder sees (colour and view) is independent of what the task asks, so every view combines with
+  every task. ``task="far"`` is accepted as an alias of ``view="far", task="standard"`` (R3L lists "far" among
+  its task variants; `resolve_view_task`).
 
 * the reward (``reward``), as the lanes of the REPAINT paper's DeepRacer experiment (Tao et al. 2021):
 
@@ -63,15 +68,19 @@ NAMED_COLORS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
 # Grass is the background brightened by this much on every channel above the darkest one (clipped at 255).
 GRASS_BRIGHTEN = 26
 
-# Task variants: gymnasium's discrete action behind each of the task's actions, the episode step
-# limit and the camera zoom. Gymnasium's actions: 0 nothing, 1 left, 2 right, 3 gas, 4 brake.
+# Camera views: the zoom of the camera that follows the car (gymnasium's is 2.7).
+VIEWS: dict[str, float] = {"near": gym_car_racing.ZOOM, "far": 1.0}
+
+# Task variants: gymnasium's discrete action behind each of the task's actions and the episode step
+# limit. Gymnasium's actions: 0 nothing, 1 left, 2 right, 3 gas, 4 brake.
 TASKS: dict[str, dict] = {
-    "standard": {"actions": (0, 1, 2, 3, 4), "max_steps": 1000, "zoom": gym_car_racing.ZOOM},
-    "far": {"actions": (0, 1, 2, 3, 4), "max_steps": 1000, "zoom": 1.0},
-    "slow": {"actions": (0, 1, 2, 3, 4), "max_steps": 3000, "zoom": gym_car_racing.ZOOM},
-    "scrambled": {"actions": (1, 2, 3, 4, 0), "max_steps": 1000, "zoom": gym_car_racing.ZOOM},
-    "no_idle": {"actions": (1, 2, 3, 4), "max_steps": 1000, "zoom": gym_car_racing.ZOOM},
+    "standard": {"actions": (0, 1, 2, 3, 4), "max_steps": 1000},
+    "slow": {"actions": (0, 1, 2, 3, 4), "max_steps": 3000},
+    "scrambled": {"actions": (1, 2, 3, 4, 0), "max_steps": 1000},
+    "no_idle": {"actions": (1, 2, 3, 4), "max_steps": 1000},
 }
+# Task names that stand for a view: "far" is the standard task seen by the far camera.
+TASK_ALIASES: dict[str, tuple[str, str]] = {"far": ("far", "standard")}
 # Gymnasium's discrete actions that steer (used to label anchor frames as turning).
 STEER_ACTIONS = (1, 2)
 SLOW_SPEED_LIMIT = 35.0
@@ -108,6 +117,8 @@ def parse_bg_color(bg_color: str) -> tuple[tuple[int, int, int], tuple[int, int,
         if _HEX_COLOR.match(name):
             background = tuple(int(name[i : i + 2], 16) for i in (1, 3, 5))
             return background, grass_from_background(background)
+        if name.startswith("#"):
+            raise ValueError(f"malformed hex colour {bg_color!r}: accepted is '#rrggbb' with six hex digits (e.g. '#66cc66')")
     raise ValueError(
         f"unknown bg_color {bg_color!r}: accepted are {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
     )
@@ -115,8 +126,23 @@ def parse_bg_color(bg_color: str) -> tuple[tuple[int, int, int], tuple[int, int,
 
 def check_task(task: str) -> str:
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: accepted are {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {task!r}: accepted are {', '.join(TASKS)} (or 'far', an alias of view='far')")
     return task
+
+
+def check_view(view: str) -> str:
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}: accepted are {', '.join(VIEWS)}")
+    return view
+
+
+def resolve_view_task(view: str, task: str) -> tuple[str, str]:
+    """(view, task) with the alias ``task="far"`` resolved: ("near", "far") -> ("far", "standard").
+    Raises a one-line ValueError for an unknown view or task."""
+    check_view(view)
+    if task in TASK_ALIASES:
+        return TASK_ALIASES[task]
+    return view, check_task(task)
 
 
 def check_reward(reward: str) -> str:
@@ -132,7 +158,7 @@ def check_render_backend(render_backend: str) -> str:
 
 
 class ColorCarRacing(gym_car_racing.CarRacing):
-    """CarRacing (discrete actions) with a background colour and an R3L task variant.
+    """CarRacing (discrete actions) with a background colour, a camera view and an R3L task variant.
 
     Observations are gymnasium's 96x96x3 uint8 frames; wrap with `ColorCarRacingObservation`
     for the 84x84 channel-first frames the agents use. The step limit is part of the task, so the
@@ -145,18 +171,18 @@ class ColorCarRacing(gym_car_racing.CarRacing):
 
     def __init__(
         self, bg_color: str = "green", task: str = "standard", render_mode: str | None = None, render_backend: str = "fast",
-        reward: str = "standard",
+        reward: str = "standard", view: str = "near",
     ):
         self.background_rgb, self.grass_rgb = parse_bg_color(bg_color)
         self.bg_color_name = bg_color
-        self.task = check_task(task)
+        self.view, self.task = resolve_view_task(view, task)
         self.reward_variant = check_reward(reward)  # (gymnasium's self.reward is the running episode reward)
         self.render_backend = check_render_backend(render_backend)
-        self.state_renderer = StateRenderer(self.background_rgb, self.grass_rgb, TASKS[task]["zoom"])
-        spec = TASKS[task]
+        self.zoom = VIEWS[self.view]
+        self.state_renderer = StateRenderer(self.background_rgb, self.grass_rgb, self.zoom)
+        spec = TASKS[self.task]
         self.action_to_gym = np.array(spec["actions"], dtype=np.int64)
         self.max_episode_steps = spec["max_steps"]
-        self.zoom = spec["zoom"]
         super().__init__(render_mode=render_mode, continuous=False, domain_randomize=False)
         self.gym_action_space = self.action_space  # gymnasium's Discrete(5)
         self.action_space = gym.spaces.Discrete(len(self.action_to_gym))
@@ -217,7 +243,7 @@ class ColorCarRacing(gym_car_racing.CarRacing):
     def _render(self, mode: str):
         if mode == "state_pixels" and self.render_backend == "fast":
             return self.state_renderer.render(self.car, camera_zoom(self.t, self.zoom), self.reward)
-        # Gymnasium reads the camera zoom from its module constant; the "far" task swaps it in for
+        # Gymnasium reads the camera zoom from its module constant; the "far" view swaps it in for
         # the duration of one render call only.
         default_zoom = gym_car_racing.ZOOM
         gym_car_racing.ZOOM = self.zoom
@@ -326,9 +352,11 @@ def make_color_car_racing(
     render_mode: str | None = None,
     render_backend: str = "fast",
     reward: str = "standard",
+    view: str = "near",
 ) -> gym.Env:
     """`ColorCarRacing-v0` with the shared preprocessing: what every CarRacing script trains on."""
     env = gym.make(
-        "ColorCarRacing-v0", bg_color=bg_color, task=task, render_mode=render_mode, render_backend=render_backend, reward=reward
-    )
+        "ColorCarRacing-v0", bg_color=bg_color, task=task, render_mode=render_mode, render_backend=render_backend,
+        reward=reward, view=view,
+    )  # fmt: skip
     return ColorCarRacingObservation(env, frame_stack=frame_stack)

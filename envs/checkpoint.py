@@ -74,12 +74,15 @@ def load_torch_file(path: str, accepted: str):
     """`torch.load(path, map_location="cpu", weights_only=True)` with one-line ValueErrors that end in `accepted`."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r} does not exist; {accepted}")
+    not_torch = ValueError(f"{path!r} is not a checkpoint of this collection (not a readable torch file); {accepted}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not ours
+        raise not_torch
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused an object: written by something else
+    except pickle.UnpicklingError:  # a torch file whose objects weights_only refuses: written by something else
         raise ValueError(f"{path!r} holds objects other than tensors and containers; {accepted}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError):
-        raise ValueError(f"{path!r} is not a checkpoint of this collection (not a readable torch file); {accepted}") from None
+    except Exception:  # a damaged archive: torch raises RuntimeError, EOFError, KeyError, ... depending on the damage
+        raise not_torch from None
 
 
 def agent_payload(encoder: torch.nn.Module, policy: torch.nn.Module, metadata: dict, training_state: dict) -> dict:

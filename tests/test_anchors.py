@@ -31,15 +31,15 @@ def test_trajectory_replays_are_bit_identical_and_differ_only_in_colour():
     np.testing.assert_array_equal(actions, record_trajectory(2, 60))
     green = render_trajectory(2, actions, "green")
     np.testing.assert_array_equal(green, render_trajectory(2, actions, "green"))
-    red = render_trajectory(2, actions, "red", task="scrambled")  # the action order does not matter for replays
+    red = render_trajectory(2, actions, "red")
     assert np.any(red != green)
     assert colour_change_residual(green, red, "green", "red", channel_axis=1) <= 3.0
 
 
-def test_far_task_renders_the_same_states_with_another_camera():
+def test_far_view_renders_the_same_states_with_another_camera():
     actions = record_trajectory(2, 40)
-    standard = render_trajectory(2, actions, "green", "standard")
-    far = render_trajectory(2, actions, "green", "far")
+    standard = render_trajectory(2, actions, "green", "near")
+    far = render_trajectory(2, actions, "green", view="far")
     assert far.shape == standard.shape and np.abs(far.astype(int) - standard).mean() > 5
 
 
@@ -71,9 +71,19 @@ def test_same_call_gives_the_same_frames_and_the_cache_is_used(tmp_path, monkeyp
     np.testing.assert_array_equal(cached.steering, first.steering)
     monkeypatch.undo()
 
-    rebuilt = anchors.build_anchor_set("blue", "standard", SMALL)
+    rebuilt = anchors.build_anchor_set("blue", "near", SMALL)
     np.testing.assert_array_equal(rebuilt.frames, first.frames)
-    assert cache_file.name == f"anchors-{SMALL.set_id}-r{RENDERER_VERSION}-blue-standard.npz"
+    assert cache_file.name == f"anchors-{SMALL.set_id}-r{RENDERER_VERSION}-blue-near.npz"
+    assert first.source == f"built and cached in {cache_file}" and cached.source == f"loaded from {cache_file}"
+
+
+def test_an_unwritable_cache_warns_and_the_set_is_still_used(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # tests run as root: chmod would not stop writes, a file in the path does
+    anchor_set = load_anchor_set("green", recipe=SMALL, cache_dir=blocker / "cache")
+    assert anchor_set.frames.shape == (48, 3, 84, 84) and anchor_set.source == "built (not cached)"
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("warning: cannot cache the anchor set in") and "\n" not in warning
 
 
 def test_frames_cached_by_another_renderer_version_are_redrawn(tmp_path, monkeypatch):
@@ -118,7 +128,7 @@ def test_bad_requests_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="'mauve'"):
         load_anchor_set("mauve", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="'sideways'"):
-        load_anchor_set("green", task="sideways", cache_dir=tmp_path)
+        load_anchor_set("green", view="sideways", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="exceeds"):
         load_anchor_set("green", recipe=AnchorRecipe(track_seeds=(2,), steps_per_track=10, num_anchors=11), cache_dir=tmp_path)
 

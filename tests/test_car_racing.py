@@ -49,13 +49,21 @@ def test_hex_colours_and_the_grass_rule():
         assert np.abs(np.subtract(derived, grass)).max() <= (1 if name == "pink" else 0)
 
 
-@pytest.mark.parametrize("bad", ["purple", "", "#12345", "#1234567", "66cc66", "#gg0000", "rgb(1,2,3)"])
+@pytest.mark.parametrize("bad", ["purple", "", "66cc66", "rgb(1,2,3)"])
 def test_bad_colour_is_a_one_line_value_error_listing_accepted_names(bad):
     with pytest.raises(ValueError) as err:
         gym.make("ColorCarRacing-v0", bg_color=bad)
     message = str(err.value)
     assert repr(bad) in message and "\n" not in message
     assert all(name in message for name in NAMED_COLORS) and "#rrggbb" in message
+
+
+@pytest.mark.parametrize("bad", ["#12345", "#1234567", "#gg0000"])
+def test_malformed_hex_colour_is_called_malformed_not_unknown(bad):
+    with pytest.raises(ValueError) as err:
+        parse_bg_color(bad)
+    message = str(err.value)
+    assert message.startswith(f"malformed hex colour {bad!r}") and "'#rrggbb' with six hex digits" in message
 
 
 def test_bad_task_is_a_one_line_value_error_listing_accepted_tasks():
@@ -65,7 +73,7 @@ def test_bad_task_is_a_one_line_value_error_listing_accepted_tasks():
 
 
 def test_action_spaces_and_step_limits_of_the_tasks():
-    expected = {"standard": (5, 1000), "far": (5, 1000), "slow": (5, 3000), "scrambled": (5, 1000), "no_idle": (4, 1000)}
+    expected = {"standard": (5, 1000), "slow": (5, 3000), "scrambled": (5, 1000), "no_idle": (4, 1000)}
     for task, (n_actions, max_steps) in expected.items():
         env = ColorCarRacing(task=task)
         assert env.action_space == gym.spaces.Discrete(n_actions)
@@ -117,12 +125,36 @@ def test_episode_truncates_at_the_task_step_limit():
     assert env.elapsed_steps == 0 and not env.step(0)[3]
 
 
-def test_far_task_sees_the_same_state_from_further_away():
-    standard, far = ColorCarRacing(task="standard"), ColorCarRacing(task="far")
+def test_far_view_sees_the_same_state_from_further_away():
+    standard, far = ColorCarRacing(view="near"), ColorCarRacing(view="far")
     f_standard, r_standard, p_standard = rollout(standard, 5, ACTIONS[:40])
     f_far, r_far, p_far = rollout(far, 5, ACTIONS[:40])
     assert r_standard == r_far and p_standard == p_far
     assert np.abs(f_standard[-1].astype(int) - f_far[-1]).mean() > 5
+    # the legacy task name "far" is the far view of the standard task
+    alias = ColorCarRacing(task="far")
+    assert (alias.view, alias.task, alias.zoom) == ("far", "standard", far.zoom)
+    np.testing.assert_array_equal(rollout(alias, 5, ACTIONS[:40])[0][-1], f_far[-1])
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_view_combines_with_every_task(task):
+    env = make_color_car_racing("blue", task, view="far")
+    inner = env.unwrapped
+    assert (inner.view, inner.task, inner.zoom) == ("far", task, 1.0)
+    assert inner.action_space.n == len(TASKS[task]["actions"]) and inner.max_episode_steps == TASKS[task]["max_steps"]
+    obs, _ = env.reset(seed=3)
+    for _ in range(60):  # standing still past the zoom-in: the far camera's frames, no new tiles
+        obs, reward, *_ = env.step(1)
+    assert obs.shape == (3, 84, 84)
+    # the task's rule decides the reward: no per-frame penalty under slow, -0.1 per frame otherwise
+    assert reward == pytest.approx(0.0 if task == "slow" else -0.1, abs=1e-9)
+
+
+def test_bad_view_is_a_one_line_value_error():
+    with pytest.raises(ValueError) as err:
+        ColorCarRacing(view="aerial")
+    assert "'aerial'" in str(err.value) and "near, far" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_colours_change_only_background_and_grass_pixels():

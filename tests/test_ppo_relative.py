@@ -12,9 +12,9 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+from envs.checkpoint import AGENT_FORMAT, AGENT_METADATA, agent_payload, save_atomic  # noqa: E402
+from envs.checkpoint import load_agent_checkpoint as load_checkpoint  # noqa: E402
 from ppo_relative import (  # noqa: E402
-    CHECKPOINT_FORMAT,
-    REQUIRED_METADATA,
     Args,
     checkpoint_metadata,
     Encoder,
@@ -22,8 +22,6 @@ from ppo_relative import (  # noqa: E402
     RelativeProjection,
     compute_gae,
     evaluate,
-    load_checkpoint,
-    save_checkpoint,
 )
 
 SCRIPT = str(REPO_ROOT / "ppo_relative.py")
@@ -174,7 +172,7 @@ def make_agent(relative=True, num_anchors=8, frame_stack=1, seed=0):
 
 def metadata_for(encoder, relative=True, num_anchors=8):
     return {
-        "algorithm": "ppo", "bg_color": "green", "task": "standard", "reward": "standard", "frame_stack": 1,
+        "algorithm": "ppo", "bg_color": "green", "view": "near", "task": "standard", "reward": "standard", "frame_stack": 1,
         "num_actions": 5, "relative": relative, "anchor_set_id": "abc" if relative else None,
         "num_anchors": num_anchors if relative else None, "anchor_standardize": False,
         "latent_dim": encoder.latent_dim, "seed": 0, "global_step": 0, "args": {},
@@ -184,10 +182,10 @@ def metadata_for(encoder, relative=True, num_anchors=8):
 def test_checkpoint_round_trip(tmp_path):
     encoder, policy = make_agent()
     path = str(tmp_path / "agent.pt")
-    save_checkpoint(path, encoder, policy, metadata_for(encoder), {"iteration": 3})
+    save_atomic(agent_payload(encoder, policy, metadata_for(encoder), {"iteration": 3}), path)
     assert os.listdir(tmp_path) == ["agent.pt"]  # no temporary file left behind
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    assert raw["format"] == CHECKPOINT_FORMAT and raw["training_state"]["iteration"] == 3
+    assert raw["format"] == AGENT_FORMAT and raw["training_state"]["iteration"] == 3
     checkpoint = load_checkpoint(str(tmp_path))  # a run directory works too
     meta = checkpoint["metadata"]
     encoder2 = Encoder(meta["frame_stack"], meta["relative"], meta["num_anchors"])
@@ -204,7 +202,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_checkpoint_metadata_of_an_absolute_run_follows_the_contract(tmp_path):
     args = Args(relative=False, anchor_standardize=True, bg_color="#aabbcc", seed=7)
     meta = checkpoint_metadata(args, num_actions=4, latent_dim=3136, anchor_set_id=None, global_step=10)
-    assert set(meta) == set(REQUIRED_METADATA)
+    assert set(meta) == set(AGENT_METADATA)
     assert meta["relative"] is False and meta["anchor_set_id"] is None and meta["num_anchors"] is None
     assert meta["anchor_standardize"] is False and meta["bg_color"] == "#aabbcc" and meta["args"]["seed"] == 7
     torch.save(meta, tmp_path / "meta.pt")
@@ -215,11 +213,12 @@ def test_checkpoint_metadata_of_an_absolute_run_follows_the_contract(tmp_path):
 def bad_checkpoints(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("bad_checkpoints")
     encoder, policy = make_agent()
-    good = {"format": CHECKPOINT_FORMAT, "encoder": encoder.state_dict(), "policy": policy.state_dict(),
+    good = {"format": AGENT_FORMAT, "encoder": encoder.state_dict(), "policy": policy.state_dict(),
             "metadata": metadata_for(encoder), "training_state": {}}
     files = {"text": tmp_path / "text.pt", "wrong_format": tmp_path / "wrong.pt", "no_policy": tmp_path / "nopol.pt",
-             "no_metadata_key": tmp_path / "nokey.pt", "pickle": tmp_path / "pickle.pt"}
+             "no_metadata_key": tmp_path / "nokey.pt", "pickle": tmp_path / "pickle.pt", "random": tmp_path / "random.pt"}
     files["text"].write_text("not a checkpoint\n")
+    files["random"].write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
     torch.save({**good, "format": "cleanrl"}, files["wrong_format"])
     torch.save({k: v for k, v in good.items() if k != "policy"}, files["no_policy"])
     torch.save({**good, "metadata": {k: v for k, v in good["metadata"].items() if k != "latent_dim"}}, files["no_metadata_key"])
@@ -228,16 +227,17 @@ def bad_checkpoints(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("missing", "does not exist"), ("text", "not a loadable torch file"), ("wrong_format", "has format 'cleanrl'"),
-    ("no_policy", "lacks policy"), ("no_metadata_key", "lacks metadata.latent_dim"), ("pickle", "not a loadable torch file"),
+    ("missing", "does not exist"), ("text", "is not a checkpoint of this collection"), ("wrong_format", "has format 'cleanrl'"),
+    ("no_policy", "lacks policy"), ("no_metadata_key", "lacks metadata.latent_dim"),
+    ("pickle", "holds objects other than tensors"), ("random", "is not a checkpoint of this collection"),
 ])
 def test_load_checkpoint_rejects_bad_files_with_one_line(tmp_path, bad_checkpoints, case, expected):
     path = str(tmp_path / "missing.pt") if case == "missing" else str(bad_checkpoints[case])
     with pytest.raises(ValueError) as info:
         load_checkpoint(path)
     message = str(info.value)
-    assert expected in message and path in message and "r3l-agent-v1" in message
-    assert "\n" not in message
+    assert expected in message and path in message and "ppo_relative.py" in message
+    assert "\n" not in message and "weights_only" not in message
 
 
 # ----------------------------------------------------------------------------------------- the script
@@ -247,7 +247,8 @@ def run_in_process(args, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, expected", [
     (["--bg-color", "purple"], "unknown --bg-color 'purple'; accepted: green, red, blue, yellow, violet, pink or a hex"),
-    (["--task", "fast"], "unknown --task 'fast'; accepted: standard, far, slow, scrambled, no_idle"),
+    (["--task", "fast"], "unknown --task 'fast'; accepted: standard, slow, scrambled, no_idle ('far' is --view far)"),
+    (["--view", "aerial"], "unknown --view 'aerial'; accepted: near, far"),
     (["--num-anchors", "20", "--anchor-steps-per-track", "4"], "bad --num-anchors 20; accepted: an integer in [1, 16]"),
     (["--total-timesteps", "10"], "bad --total-timesteps 10; accepted: an integer >= --num-envs * --num-steps = 2048"),
     (["--resume", "nowhere/agent.pt"], "checkpoint 'nowhere/agent.pt' does not exist"),
@@ -279,6 +280,7 @@ def test_smoke_subprocess_writes_a_loadable_checkpoint(smoke_run):
     checkpoint = load_checkpoint(str(path))
     meta = checkpoint["metadata"]
     assert meta["algorithm"] == "ppo" and meta["bg_color"] == "green" and meta["task"] == "standard"
+    assert meta["view"] == "near"
     assert meta["relative"] is True and meta["num_anchors"] == 8 and meta["latent_dim"] == 8
     assert meta["global_step"] == 32 and meta["seed"] == 3 and meta["num_actions"] == 5
     assert isinstance(meta["anchor_set_id"], str) and len(meta["anchor_set_id"]) == 12
