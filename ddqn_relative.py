@@ -25,7 +25,7 @@ import os
 import random
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import gymnasium as gym
@@ -39,12 +39,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from envs.anchors import AnchorRecipe, load_anchor_set  # importing the envs package registers ColorCarRacing-v0
-from envs.car_racing import NAMED_COLORS, TASKS, ColorCarRacingObservation, parse_bg_color
+from envs.car_racing import NAMED_COLORS, TASKS, VIEWS, ColorCarRacingObservation, parse_bg_color, resolve_view_task
 from envs.checkpoint import (
     AGENT_FILE, GracefulStop, agent_payload, ensure_writable_dir, fail, load_agent_checkpoint, save_atomic,
 )  # fmt: skip
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -59,9 +59,10 @@ class Args:
     """if toggled, cuda will be used when available"""
     torch_threads: int = 1
     """number of CPU threads torch may use (1 keeps CPU runs reproducible and polite on shared machines)"""
-    precision: Optional[str] = None
-    """fp32 or bf16 (autocast forward passes, fp32 weights/optimiser/losses); default: bf16 where the device computes
-    bf16 natively (CUDA with bf16, a CPU with AVX512-BF16/AMX), else fp32. fp32 is bit-reproducible"""
+    precision: str = "auto"
+    """forward passes in bf16 (torch.autocast; weights, optimiser, targets, losses and checkpoints stay fp32) or fp32
+    (bit-reproducible); auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or
+    AVX512-BF16), else fp32"""
     capture_video: bool = False
     """if toggled, save GIFs of the agent's view during the final evaluation episodes to `videos/{run_name}/`"""
     runs_dir: str = "runs"
@@ -76,8 +77,10 @@ class Args:
     # Environment arguments
     bg_color: str = "green"
     """background colour: green, red, blue, yellow, violet, pink or a hex colour '#rrggbb'"""
+    view: str = "near"
+    """camera: near (gymnasium's zoom) or far (zoom 1, R3L's far-camera variation); anchors depend on colour and view"""
     task: str = "standard"
-    """task variant: standard, far, slow, scrambled or no_idle"""
+    """task variant: standard, slow, scrambled or no_idle (reward rule, actions, episode length); 'far' = --view far"""
     frame_stack: int = 1
     """number of stacked RGB frames per observation (the workshop paper uses 1, R3L uses 4)"""
     action_repeat: int = 4
@@ -128,8 +131,8 @@ class Args:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Networks. `layer_init`, `NATURE_CNN_LATENT`, `RelativeProjection` and `Encoder` have the parameter and buffer
-# names of ppo_relative.py: encoder state dicts load across the two algorithms.
+# Networks. `layer_init`, `NATURE_CNN_LATENT`, `RelativeProjection` and `Encoder` are copied verbatim from
+# ppo_relative.py (same parameter and buffer names): encoder state dicts load across the two algorithms.
 # ---------------------------------------------------------------------------------------------------------
 NATURE_CNN_LATENT = 64 * 7 * 7  # flattened Nature-CNN output at 84x84
 
@@ -141,7 +144,7 @@ def layer_init(layer, std=2**0.5, bias_const=0.0):
 
 
 class RelativeProjection(nn.Module):
-    """Relative representation of a latent with respect to anchor embeddings (workshop paper eq. 2-3):
+    """Relative representation of a latent with respect to anchor embeddings (R3L eq. 2-3):
 
         z_rel = normalize(E(x) - mu) normalize(E(A) - mu)^T,   mu = mean of the anchor embeddings E(A)
 
@@ -162,9 +165,7 @@ class RelativeProjection(nn.Module):
 
     The anchor side of the projection (mu, the std and the normalised anchors) depends only on the
     buffer, so it is computed once per change of the buffer (`update_anchors`, `load_state_dict`) and
-    kept in non-persistent buffers: a forward pass then costs one matrix product. A bf16 copy of the normalised
-    anchors serves forward passes under bf16 autocast (autocast would otherwise cast the 3136 x 3136 matrix
-    at every call); the EMA buffer itself stays fp32.
+    kept in non-persistent buffers: a forward pass then costs one matrix product.
     """
 
     def __init__(self, num_anchors: int, latent_dim: int, anchor_ema: float = 0.999, standardize: bool = False):
@@ -179,8 +180,9 @@ class RelativeProjection(nn.Module):
         # normalize(E(A) - mu) stored transposed, (latent_dim, num_anchors): latent @ it reads the matrix
         # in order, ~1.5x faster than latent @ (num_anchors, latent_dim).T for the rollout's few rows
         self.register_buffer("normalized_anchors_t", torch.zeros(latent_dim, num_anchors), persistent=False)
+        # its bf16 copy for --precision bf16: autocast would otherwise convert the 3136 x 3136 matrix on every call
         self.register_buffer("normalized_anchors_t_bf16", torch.zeros(latent_dim, num_anchors, dtype=torch.bfloat16),
-                             persistent=False)
+                             persistent=False)  # fmt: skip
         self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.refresh_anchor_side())
 
     @torch.no_grad()
@@ -205,11 +207,14 @@ class RelativeProjection(nn.Module):
         self.refresh_anchor_side()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        latent = latent.float() - self.anchor_center  # centring and normalising in fp32 under any precision
+        latent = latent - self.anchor_center  # bf16 - fp32 promotes: centring and normalising run in fp32
         if self.standardize:
             latent = latent / self.anchor_scale
-        bf16 = torch.is_autocast_enabled(latent.device.type)  # the only autocast dtype this script uses
-        return F.normalize(latent, dim=-1) @ (self.normalized_anchors_t_bf16 if bf16 else self.normalized_anchors_t)
+        latent = F.normalize(latent, dim=-1)
+        device = latent.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+            return latent.to(torch.bfloat16) @ self.normalized_anchors_t_bf16
+        return latent @ self.normalized_anchors_t
 
 
 class Encoder(nn.Module):
@@ -239,7 +244,8 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def update_anchors(self, anchor_frames: torch.Tensor, chunk_size: int = 512) -> None:
-        """One EMA step of the anchor embeddings from the current CNN (no-op for absolute encoders)."""
+        """One EMA step of the anchor embeddings from the current CNN (no-op for absolute encoders). Under bf16
+        autocast the CNN runs in bf16; the EMA buffer and the anchor side stay fp32."""
         if self.projection is not None:
             fresh = torch.cat([self.embed_frames(chunk).float() for chunk in anchor_frames.split(chunk_size)])
             self.projection.update_anchors(fresh)
@@ -318,7 +324,7 @@ class ActionRepeat(gym.Wrapper):
 
 def make_env(args, patience: int):
     """ColorCarRacing-v0 -> ActionRepeat -> the shared 84x84 preprocessing (stacks one frame per environment step)."""
-    env = gym.make("ColorCarRacing-v0", bg_color=args.bg_color, task=args.task)
+    env = gym.make("ColorCarRacing-v0", bg_color=args.bg_color, task=args.task, view=args.view)
     return ColorCarRacingObservation(ActionRepeat(env, args.action_repeat, patience), frame_stack=args.frame_stack)
 
 
@@ -411,11 +417,14 @@ def validate_args(args: Args) -> None:
         raise ValueError(
             f"unknown --bg-color {args.bg_color!r}; accepted: {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
         ) from None
+    if args.precision not in PRECISIONS:
+        raise ValueError(f"unknown --precision {args.precision!r}; accepted: {', '.join(PRECISIONS)}")
+    if args.view not in VIEWS:
+        raise ValueError(f"unknown --view {args.view!r}; accepted: {', '.join(VIEWS)}")
     if args.task not in TASKS:
-        raise ValueError(f"unknown --task {args.task!r}; accepted: {', '.join(TASKS)}")
+        raise ValueError(f"unknown --task {args.task!r}; accepted: {', '.join(TASKS)} ('far' is --view far)")
     anchor_pool = len(AnchorRecipe().track_seeds) * args.anchor_steps_per_track
     checks = [
-        (args.precision in (None, *PRECISIONS), "--precision", args.precision, "fp32 or bf16"),
         (args.frame_stack >= 1, "--frame-stack", args.frame_stack, "an integer >= 1"),
         (args.action_repeat >= 1, "--action-repeat", args.action_repeat, "an integer >= 1"),
         (args.progress_patience >= 0, "--progress-patience", args.progress_patience, "an integer >= 0 (0: never)"),
@@ -452,15 +461,16 @@ def validate_args(args: Args) -> None:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bf16 natively: CUDA with bf16 support, or a CPU whose oneDNN has bf16 kernels
-    (AVX512-BF16 / AMX). The default precision is bf16 exactly there (docs: measured speed-up and learning check)."""
+    """The rule behind --precision auto: bf16 where the device multiplies bf16 matrices natively (CUDA GPUs with
+    bf16; CPUs with AMX or AVX512-BF16, where bf16 matrix products run 3-4x faster than fp32)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
-def anchor_recipe(args) -> AnchorRecipe:
-    return AnchorRecipe(steps_per_track=args.anchor_steps_per_track, num_anchors=args.num_anchors)
+def crossed(step: int, num_envs: int, every: int) -> int:
+    """How many multiples of `every` the last vector step (from step - num_envs to step) passed."""
+    return step // every - (step - num_envs) // every
 
 
 def build_networks(args: Args, num_actions: int, device) -> tuple[Encoder, QNetwork]:
@@ -470,18 +480,6 @@ def build_networks(args: Args, num_actions: int, device) -> tuple[Encoder, QNetw
     anchor_ema = args.anchor_ema**args.anchor_update_frequency
     encoder = Encoder(args.frame_stack, args.relative, args.num_anchors, anchor_ema, args.anchor_standardize)
     return encoder.to(device), QNetwork(encoder.latent_dim, num_actions).to(device)
-
-
-def checkpoint_metadata(args: Args, num_actions: int, latent_dim: int, global_step: int) -> dict:
-    return {
-        "algorithm": "ddqn", "bg_color": args.bg_color, "view": "far" if args.task == "far" else "near",
-        "task": "standard" if args.task == "far" else args.task, "reward": "standard", "frame_stack": args.frame_stack,
-        "num_actions": num_actions, "relative": args.relative,
-        "anchor_set_id": anchor_recipe(args).set_id if args.relative else None,
-        "num_anchors": args.num_anchors if args.relative else None,
-        "anchor_standardize": args.relative and args.anchor_standardize, "latent_dim": latent_dim, "seed": args.seed,
-        "global_step": global_step, "args": asdict(args),
-    }  # fmt: skip
 
 
 def load_checkpoint(path: str) -> dict:
@@ -538,46 +536,44 @@ RESUME_FREE_FLAGS = ("resume", "total_timesteps", "cuda", "torch_threads", "prec
                      "capture_video", "runs_dir")
 
 
-def resumed_args(cli: Args, checkpoint: dict) -> Args:
-    """The checkpoint's Args with the RESUME_FREE_FLAGS taken from the command line (a larger --total-timesteps
-    extends the run). Any other flag given with a value unlike the checkpoint's is an error."""
-    stored, defaults = checkpoint["metadata"]["args"], Args()
-    values = {}
-    for f in fields(Args):
-        name, given = f.name, getattr(cli, f.name)
-        if name in RESUME_FREE_FLAGS or name not in stored:
-            keep = name == "total_timesteps" and given == defaults.total_timesteps and name in stored
-            values[name] = stored[name] if keep else given
-        elif given != getattr(defaults, name) and given != stored[name]:
-            free = ", ".join("--" + n.replace("_", "-") for n in RESUME_FREE_FLAGS[1:])
-            raise ValueError(f"--{name.replace('_', '-')} {given!r} differs from the resumed run's {stored[name]!r}; "
-                             f"accepted: leave it out or pass the stored value (only {free} may change)")
-        else:
-            values[name] = stored[name]
-    return Args(**values)
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
     try:
         checkpoint = None
         if args.resume is not None:
             checkpoint = load_checkpoint(args.resume)
-            args = resumed_args(args, checkpoint)
+            # nanoGPT-style resume: every flag comes from the checkpoint, except RESUME_FREE_FLAGS from the command line
+            stored, given, defaults = checkpoint["metadata"]["args"], vars(args), vars(Args())
+            for name in (stored.keys() & given.keys()) - set(RESUME_FREE_FLAGS):
+                if given[name] not in (defaults[name], stored[name]):
+                    free = ", ".join("--" + n.replace("_", "-") for n in RESUME_FREE_FLAGS[1:])
+                    raise ValueError(f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's "
+                                     f"{stored[name]!r}; accepted: leave it out or pass the stored value (only {free} "
+                                     "may change)")
+                given[name] = stored[name]
+            if given["total_timesteps"] == defaults["total_timesteps"]:  # not given: the stored budget
+                given["total_timesteps"] = stored["total_timesteps"]
+            args = Args(**given)
             if checkpoint["metadata"]["global_step"] >= args.total_timesteps:
                 raise ValueError(f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
                                  f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it")
+        if args.task == "far":  # the alias of the far view of the standard task
+            args.view, args.task = resolve_view_task(args.view, args.task)
         validate_args(args)
         if checkpoint is None:
-            run_name = (f"ColorCarRacing-{args.bg_color.lstrip('#').lower()}-{args.task}__{args.exp_name}__{args.seed}__"
-                        f"{int(time.time())}")
+            view_name = "" if args.view == "near" else f"-{args.view}"
+            run_name = (f"ColorCarRacing-{args.bg_color.lstrip('#').lower()}{view_name}-{args.task}__{args.exp_name}__"
+                        f"{args.seed}__{int(time.time())}")
             run_dir = os.path.join(ensure_writable_dir(args.runs_dir, "--runs-dir"), run_name)
         else:  # continue logging next to the checkpoint
             run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume))
             run_name = os.path.basename(os.path.abspath(run_dir))
             ensure_writable_dir(run_dir, "--resume")
-        # anchor frames of the run's own colour and task (workshop paper §3.1): the same states for every colour
-        anchor_set = load_anchor_set(args.bg_color, args.task, recipe=anchor_recipe(args)) if args.relative else None
+        # anchor frames of the run's own colour and view (workshop paper §3.1): the same states for every colour
+        recipe = AnchorRecipe(steps_per_track=args.anchor_steps_per_track, num_anchors=args.num_anchors)
+        anchor_set = load_anchor_set(args.bg_color, view=args.view, recipe=recipe) if args.relative else None
+        if anchor_set is not None:
+            print(f"anchor set {anchor_set.set_id} ({args.bg_color}, {args.view} view): {anchor_set.source}")
         if checkpoint is not None and args.relative and checkpoint["metadata"]["anchor_set_id"] != anchor_set.set_id:
             raise ValueError(f"--resume {args.resume!r} used anchor set {checkpoint['metadata']['anchor_set_id']!r}, this "
                              f"installation builds {anchor_set.set_id!r}; accepted: a checkpoint of the current anchor recipe")
@@ -592,13 +588,15 @@ if __name__ == "__main__":
     rng = np.random.default_rng(args.seed)
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    args.precision = args.precision or ("bf16" if native_bf16(device) else "fp32")
+    if args.precision == "auto":
+        args.precision = "bf16" if native_bf16(device) else "fp32"
     bf16 = args.precision == "bf16"  # autocast around forward passes only; weights, Adam, targets and losses fp32
     anchor_frames = torch.from_numpy(anchor_set.frames).to(device) if anchor_set is not None else None
 
     checkpoint_path = os.path.join(run_dir, AGENT_FILE)
     global_step = 0 if checkpoint is None else checkpoint["metadata"]["global_step"]
-    writer = SummaryWriter(run_dir, purge_step=global_step if checkpoint is not None else None)
+    # a resumed run drops the TensorBoard events logged after its checkpoint, so the curves do not overlap
+    writer = SummaryWriter(run_dir, purge_step=None if checkpoint is None else global_step + 1)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     # env setup: gymnasium 1.x vector env, autoreset on the NEXT step (see the replay memory)
@@ -634,13 +632,21 @@ if __name__ == "__main__":
                    f"({args.learning_starts} transitions before the next gradient step)")
 
     def write_checkpoint():
+        """The r3l-agent-v1 contract (docs/checkpoints.md), fp32 CPU tensors whatever the precision, written atomically."""
+        target = agent_payload(target_encoder, target_network, {}, {})
         training_state = {
-            "target_encoder": agent_payload(target_encoder, target_network, {}, {})["encoder"],
-            "target_network": agent_payload(target_encoder, target_network, {}, {})["policy"],
-            "optimizer": optimizer.state_dict(), "global_step": global_step, "num_updates": num_updates,
-            "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state,
-        }  # fmt: skip
-        metadata = checkpoint_metadata(args, num_actions, encoder.latent_dim, global_step)
+            "target_encoder": target["encoder"], "target_network": target["policy"], "optimizer": optimizer.state_dict(),
+            "global_step": global_step, "num_updates": num_updates, "torch_rng": torch.get_rng_state(),
+            "numpy_rng": rng.bit_generator.state,
+        }
+        metadata = {
+            "algorithm": "ddqn", "bg_color": args.bg_color, "view": args.view, "task": args.task, "reward": "standard",
+            "frame_stack": args.frame_stack, "num_actions": num_actions, "relative": args.relative,
+            "anchor_set_id": anchor_set.set_id if args.relative else None,
+            "num_anchors": args.num_anchors if args.relative else None,
+            "anchor_standardize": args.relative and args.anchor_standardize, "latent_dim": encoder.latent_dim,
+            "seed": args.seed, "global_step": global_step, "args": asdict(args),
+        }
         save_atomic(agent_payload(encoder, q_network, metadata, training_state), checkpoint_path)
 
     rb = FrameReplayBuffer(args.buffer_size, args.num_envs, args.frame_stack)
@@ -677,7 +683,7 @@ if __name__ == "__main__":
             # ALGO LOGIC: training
             if len(rb) >= args.learning_starts:
                 # one gradient step per `train_frequency` environment steps (several per iteration with many envs)
-                for _ in range(global_step // args.train_frequency - (global_step - args.num_envs) // args.train_frequency):
+                for _ in range(crossed(global_step, args.num_envs, args.train_frequency)):
                     data = rb.sample(args.batch_size, rng)
                     obs_b, next_obs_b = (torch.as_tensor(data[k], device=device) for k in ("obs", "next_obs"))
                     actions_b = torch.as_tensor(data["actions"], device=device)
@@ -712,12 +718,12 @@ if __name__ == "__main__":
                         progress.set_postfix_str(f"SPS={sps} return(last {len(recent_returns)})={recent} eps={epsilon:.2f}",
                                                  refresh=False)
                 # hard target update every `target_network_frequency` env steps (anchor embeddings included)
-                if global_step // args.target_network_frequency != (global_step - args.num_envs) // args.target_network_frequency:
+                if crossed(global_step, args.num_envs, args.target_network_frequency):
                     target_encoder.load_state_dict(encoder.state_dict())
                     target_network.load_state_dict(q_network.state_dict())
             progress.update(args.num_envs)
 
-            saving_due = args.save_every > 0 and global_step // args.save_every != (global_step - args.num_envs) // args.save_every
+            saving_due = args.save_every > 0 and crossed(global_step, args.num_envs, args.save_every)
             if stop.requested or (saving_due and global_step < args.total_timesteps):
                 write_checkpoint()
             if stop.requested:
@@ -736,5 +742,5 @@ if __name__ == "__main__":
         for episode, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
         print(f"eval_return_mean={np.mean(eval_returns):.2f} eval_return_std={np.std(eval_returns):.2f} "
-              f"({args.eval_episodes} greedy episodes on tracks {args.seed + 10_000}..)")
+              f"({args.eval_episodes} greedy episode{'s' if args.eval_episodes > 1 else ''} from track {args.seed + 10_000})")
     writer.close()
