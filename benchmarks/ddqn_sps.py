@@ -11,7 +11,7 @@ memory's size per 100k transitions.
     python benchmarks/ddqn_sps.py --components           # in-process CPU time of each part of a training step
 
 `--components` times, in CPU seconds of this process, one gradient step (three batch forwards, backward, Adam), one
-acting forward, one anchor EMA step and one environment step, with the script's own networks, in fp32 and bf16 and
+acting forward (batch 1), one anchor EMA step and one environment step, with the script's own networks, in fp32 and bf16 and
 with the CNN in channels_last memory format or not, and gives the training steps per CPU-second of each.
 """
 import argparse
@@ -62,7 +62,7 @@ def components(args) -> None:
             encoder.update_anchors(anchors)
             target_encoder.load_state_dict(encoder.state_dict())
             optimizer = torch.optim.Adam([*encoder.parameters(), *q_network.parameters()], lr=1e-4)
-            batch = obs.contiguous(memory_format=torch.channels_last) if channels_last else obs
+            batch = obs  # as in the script: only the weights are NHWC, the convolutions convert the input
 
             def amp():
                 return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
