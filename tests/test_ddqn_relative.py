@@ -47,6 +47,12 @@ def test_truncation_does_not_stop_the_bootstrap_in_the_stored_transition():
     torch.testing.assert_close(bootstrapped, torch.tensor([1.0]))
 
 
+def test_crossed_counts_the_multiples_a_vector_step_passes():
+    assert [ddqn.crossed(step, 1, 4) for step in range(1, 9)] == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert [ddqn.crossed(step, 3, 4) for step in (3, 6, 9, 12)] == [0, 1, 1, 1]  # (0,3], (3,6], (6,9], (9,12]
+    assert ddqn.crossed(8, 8, 2) == 4  # eight envs, one gradient step per 2 steps: 4 gradient steps
+
+
 def test_linear_epsilon_schedule():
     assert ddqn.linear_schedule(1.0, 0.05, 100, 0) == 1.0
     assert ddqn.linear_schedule(1.0, 0.05, 100, 50) == pytest.approx(0.525)
@@ -367,7 +373,7 @@ def test_sigterm_writes_the_checkpoint_and_prints_one_line_then_resume_continues
 def test_resumed_logs_purge_the_steps_after_the_checkpoint(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    flags = [*ABSOLUTE, "--precision", "fp32", "--train-frequency", "1"]  # scalars every 100 gradient steps
+    flags = [*ABSOLUTE, "--precision", "fp32", "--train-frequency", "1", "--action-repeat", "1"]  # scalars every 100 updates
     assert run([*flags, "--total-timesteps", "220"], tmp_path, capsys)[0] == 0  # logs steps 107, 207
     (path,) = (tmp_path / "runs").glob("*/agent.pt")
     at_220 = path.parent / "at_220.pt"
