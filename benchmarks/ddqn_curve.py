@@ -5,8 +5,8 @@ evaluations of checkpoints saved along the way, to a CSV and a PNG.
     python benchmarks/ddqn_curve.py runs/<run_name> docs/ddqn_relative_green --checkpoints "snapshots/*.pt" --eval-episodes 3
 
 Training returns come from epsilon-greedy episodes (and from episodes cut by `--progress-patience`); the evaluation
-points are greedy (epsilon 0) whole episodes with the run's action repeat on tracks 20000, 20001, ... (not the tracks
-of the script's final evaluation), each checkpoint on the same tracks.
+points are greedy (epsilon 0) whole episodes with the run's action repeat on tracks 20000, 20001, ... (`--first-track`;
+the script's own final evaluation uses seed + 10000, ...), each checkpoint on the same tracks.
 """
 import argparse
 import csv
@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def evaluate_checkpoints(pattern: str, episodes: int) -> list[tuple[int, float, float, list[float]]]:
+def evaluate_checkpoints(pattern: str, episodes: int, first_track: int) -> list[tuple[int, float, float, list[float]]]:
     """(global_step, mean, std, returns) of every checkpoint matching `pattern`, sorted by step."""
     import torch
 
@@ -42,7 +42,7 @@ def evaluate_checkpoints(pattern: str, episodes: int) -> list[tuple[int, float, 
         args = Args(**{k: v for k, v in metadata["args"].items() if k in known})
         args.view, args.task = metadata["view"], metadata["task"]
         encoder, q_network = agent_from_checkpoint(checkpoint)
-        returns = evaluate(encoder, q_network, args, episodes, 20_000, torch.device("cpu"))
+        returns = evaluate(encoder, q_network, args, episodes, first_track, torch.device("cpu"))
         points[metadata["global_step"]] = (float(np.mean(returns)), float(np.std(returns)), returns)
         print(f"{path}: global_step={metadata['global_step']} eval_return_mean={np.mean(returns):.1f} "
               f"eval_return_std={np.std(returns):.1f} returns={[round(r, 1) for r in returns]}", flush=True)
@@ -56,6 +56,7 @@ def main():
     parser.add_argument("--window", type=int, default=20, help="episodes in the moving average of the plot")
     parser.add_argument("--checkpoints", help="glob of checkpoints of the same run to evaluate (e.g. periodic copies)")
     parser.add_argument("--eval-episodes", type=int, default=3, help="greedy episodes per checkpoint")
+    parser.add_argument("--first-track", type=int, default=20_000, help="track seed of the first evaluation episode")
     args = parser.parse_args()
     matches = sorted(glob.glob(args.run_dir))
     if len(matches) != 1:
@@ -70,7 +71,7 @@ def main():
         writer = csv.writer(f)
         writer.writerow(["global_step", "episodic_return"])
         writer.writerows((int(s), round(float(r), 2)) for s, r in zip(steps, returns))
-    points = evaluate_checkpoints(args.checkpoints, args.eval_episodes) if args.checkpoints else []
+    points = evaluate_checkpoints(args.checkpoints, args.eval_episodes, args.first_track) if args.checkpoints else []
     if points:
         with open(f"{args.out_prefix}_eval.csv", "w", newline="") as f:
             writer = csv.writer(f)
