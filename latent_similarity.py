@@ -1,4 +1,4 @@
-"""Latent-space analysis of CarRacing encoders: frame-by-frame similarity matrices (R3L, seed 001, Figures 3-5).
+"""Latent-space analysis of CarRacing encoders: frame-by-frame similarity matrices (R3L, Figures 3-5).
 
 Ricciardi et al., "Zero-shot stitching in RL using relative representations" (arXiv 2404.12917), section 4.3:
 one fixed action sequence is replayed on the same track in each encoder's colour, so that frames
@@ -19,8 +19,8 @@ What is compared:
 
 - The action sequence is the anchors' scripted driver (``envs.anchors.WaypointDriver``; default, independent
   of every model compared, as in the paper) or ``--actions-from CHECKPOINT``: that agent's greedy actions on
-  the track in its own colour and task, mapped to gymnasium's numbering through ``action_to_gym``.
-- Each encoder sees the replay in its own colour and task (``envs.anchors.render_trajectory``).
+  the track in its own colour, view and task, mapped to gymnasium's numbering through ``action_to_gym``.
+- Each encoder sees the replay in its own colour and camera view (``envs.anchors.render_trajectory``).
 - Latents are per frame: the encoder embeds every frame of a stack separately (``Encoder.embed_frames``), so
   frame i's latent is the newest frame's block of the observation latent, whatever the frame stack.
   *Absolute* latents: the CNN embedding (3136 numbers). *Relative* latents: that embedding projected on the
@@ -64,6 +64,7 @@ import tyro
 import envs  # noqa: F401  (registers ColorCarRacing-v0)
 from envs.anchors import record_trajectory, render_trajectory
 from envs.car_racing import make_color_car_racing
+from envs.checkpoint import ensure_writable_dir, fail
 from stitch_eval import UserError, expand_checkpoint_paths, load_agent
 
 
@@ -121,7 +122,7 @@ def relative_refusal(meta1: dict, meta2: dict) -> str | None:
 def greedy_gym_actions(path: str | Path, track_seed: int, num_steps: int) -> np.ndarray:
     """Gymnasium-numbered greedy actions of a checkpoint's agent on `track_seed`, in its own colour and task."""
     encoder, policy, meta = load_agent(path)
-    env = make_color_car_racing(meta["bg_color"], meta["task"], meta["frame_stack"])
+    env = make_color_car_racing(meta["bg_color"], meta["task"], meta["frame_stack"], view=meta["view"])
     obs, _ = env.reset(seed=track_seed)
     actions = []
     for _ in range(num_steps):
@@ -134,9 +135,10 @@ def greedy_gym_actions(path: str | Path, track_seed: int, num_steps: int) -> np.
     return np.asarray(actions, dtype=np.int64)
 
 
-def describe(index: int, meta: dict) -> str:
+def describe(index: int, meta: dict, path: Path) -> str:
+    """A label that tells every checkpoint apart: index, what it was trained on, and its run folder."""
     kind = "rel" if meta["relative"] else "abs"
-    return f"[{index}] {meta['bg_color']} {meta['task']} {meta['algorithm']} {kind} seed {meta['seed']}"
+    return f"[{index}] {meta['bg_color']} {meta['view']} {meta['task']} {meta['algorithm']} {kind} seed {meta['seed']} ({path.parent.name})"
 
 
 def plot_pair(matrices: dict[str, np.ndarray], merits: dict[str, dict], name1: str, name2: str, note: str | None, path: Path) -> None:
@@ -154,7 +156,7 @@ def plot_pair(matrices: dict[str, np.ndarray], merits: dict[str, dict], name1: s
         ax.set_xlabel(f"frame j, E2(x_j): {name2}", fontsize=8)
         ax.set_ylabel(f"frame i, E1(x_i): {name1}", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046, label="cosine similarity")
-    fig.suptitle(r"$\cos(E_1(x_i^{(1)}), E_2(x_j^{(2)}))$: the same actions on the same track, each encoder in its own colour and task")
+    fig.suptitle(r"$\cos(E_1(x_i^{(1)}), E_2(x_j^{(2)}))$: the same actions on the same track, each encoder in its own colour and view")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -170,7 +172,11 @@ def main(args: Args) -> None:
         raise UserError(f"{len(paths)} checkpoint given ({paths[0]}); accepted: two or more checkpoints to compare")
     torch.set_num_threads(args.torch_threads)
     agents = [load_agent(path) for path in paths]
-    names = [describe(i, meta) for i, (*_, meta) in enumerate(agents)]
+    try:  # before the replays and latents are computed, so that nothing is lost to an unwritable folder
+        ensure_writable_dir(args.out_dir, "--out-dir")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    names = [describe(i, meta, path) for i, ((*_, meta), path) in enumerate(zip(agents, paths))]
     for name, path in zip(names, paths):
         print(f"{name}: {path}")
 
@@ -184,10 +190,10 @@ def main(args: Args) -> None:
         raise UserError(f"the replay from {source} on track {args.track_seed} ends after {len(actions)} step; accepted: a source that drives >= 2 steps")
     print(f"replaying {len(actions)} actions ({source}) on track {args.track_seed}")
 
-    frames = {}  # one replay per (colour, task) that some encoder sees
+    frames = {}  # one replay per (colour, view) that some encoder sees
     latents = []
     for encoder, _, meta in agents:
-        domain = (meta["bg_color"], meta["task"])
+        domain = (meta["bg_color"], meta["view"])
         if domain not in frames:
             frames[domain] = render_trajectory(args.track_seed, actions, *domain)
         latents.append(frame_latents(encoder, frames[domain]))
@@ -226,5 +232,4 @@ if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))

@@ -304,7 +304,9 @@ def evaluate(encoder: Encoder, policy: Policy, bg_color: str, task: str, frame_s
         returns.append(episode_return)
         if video_dir is not None:
             os.makedirs(video_dir, exist_ok=True)
-            iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), np.stack(frames), duration=20, loop=0)
+            # the agent's 84 x 84 view, scaled up 3x with nearest neighbour so that its pixels stay crisp
+            crisp = np.stack(frames).repeat(3, axis=1).repeat(3, axis=2)
+            iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), crisp, duration=20, loop=0)
     env.close()
     return returns
 
@@ -432,6 +434,8 @@ def checkpoint_metadata(args: Args, num_actions: int, latent_dim: int, anchor_se
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    # Ctrl-C / SIGTERM from here on: the loop finishes its step, the last update is saved, one line, exit 130 / 143
+    stop = GracefulStop().install()
     try:
         checkpoint = None
         if args.resume is not None:
@@ -564,144 +568,143 @@ if __name__ == "__main__":
                     mininterval=2.0, smoothing=0.05)
 
     completed_iteration, completed_step = start_iteration - 1, global_step
-    with GracefulStop() as stop:
-        for iteration in range(start_iteration, num_iterations + 1):
-            # Annealing the rate if instructed to do so.
-            if args.anneal_lr:
-                frac = 1.0 - (iteration - 1.0) / num_iterations
-                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+    for iteration in range(start_iteration, num_iterations + 1):
+        # Annealing the rate if instructed to do so.
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / num_iterations
+            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
-            for step in range(0, args.num_steps):
-                if stop.requested:  # Ctrl-C / SIGTERM: drop the unfinished rollout, keep the last update
-                    break
-                global_step += args.num_envs
-                obs[step] = next_obs
-                # Gymnasium 1.x autoreset (NEXT_STEP): the step after an episode ends only resets that env. Its
-                # "transition" (final obs -> first obs, action ignored, reward 0) is not part of any episode.
-                reset_steps[step] = next_is_reset
-
-                # ALGO LOGIC: action logic
-                with torch.no_grad():
-                    with amp():
-                        logits, value = policy(encoder(next_obs))
-                    probs = Categorical(logits=logits.float())
-                    action = probs.sample()
-                values[step] = value
-                actions[step] = action
-                logprobs[step] = probs.log_prob(action)
-
-                # TRY NOT TO MODIFY: execute the game and log data.
-                next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
-                rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                terminations[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
-                next_is_reset = torch.as_tensor(np.logical_or(terminated, truncated), device=device)
-                dones[step] = next_is_reset.float()
-                next_obs = torch.as_tensor(next_obs, device=device)
-
-                if "_episode" in infos:
-                    for i in np.nonzero(infos["_episode"])[0]:
-                        episodic_return, episodic_length = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
-                        recent_returns.append(episodic_return)
-                        tqdm.write(f"global_step={global_step}, episodic_return={episodic_return:.2f}")
-                        writer.add_scalar("charts/episodic_return", episodic_return, global_step)
-                        writer.add_scalar("charts/episodic_length", episodic_length, global_step)
-                progress.update(args.num_envs)
-
-            if stop.requested:
+        for step in range(0, args.num_steps):
+            if stop.requested:  # Ctrl-C / SIGTERM: drop the unfinished rollout, keep the last update
                 break
-            # bootstrap value if not done
+            global_step += args.num_envs
+            obs[step] = next_obs
+            # Gymnasium 1.x autoreset (NEXT_STEP): the step after an episode ends only resets that env. Its
+            # "transition" (final obs -> first obs, action ignored, reward 0) is not part of any episode.
+            reset_steps[step] = next_is_reset
+
+            # ALGO LOGIC: action logic
             with torch.no_grad():
                 with amp():
-                    next_value = policy(encoder(next_obs))[1].float()
-                advantages = compute_gae(rewards, values, next_value, terminations, dones, args.gamma, args.gae_lambda)
-                returns = advantages + values
+                    logits, value = policy(encoder(next_obs))
+                probs = Categorical(logits=logits.float())
+                action = probs.sample()
+            values[step] = value
+            actions[step] = action
+            logprobs[step] = probs.log_prob(action)
 
-            # flatten the batch and drop the reset steps: they are not transitions of the MDP
-            valid = ~reset_steps.reshape(-1)
-            b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)[valid]
-            b_logprobs = logprobs.reshape(-1)[valid]
-            b_actions = actions.reshape(-1)[valid]
-            b_advantages = advantages.reshape(-1)[valid]
-            b_returns = returns.reshape(-1)[valid]
-            b_values = values.reshape(-1)[valid]
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
+            rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+            terminations[step] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
+            next_is_reset = torch.as_tensor(np.logical_or(terminated, truncated), device=device)
+            dones[step] = next_is_reset.float()
+            next_obs = torch.as_tensor(next_obs, device=device)
 
-            # Optimizing the policy and value network
-            clipfracs = []
-            for epoch in range(args.update_epochs):
-                b_inds = torch.randperm(len(b_obs), device=device)
-                for mb_inds in b_inds.tensor_split(args.num_minibatches):
-                    with amp():
-                        logits, newvalue = policy(encoder(b_obs[mb_inds]))
-                    probs = Categorical(logits=logits.float())
-                    newvalue = newvalue.float()
-                    newlogprob = probs.log_prob(b_actions[mb_inds])
-                    entropy = probs.entropy()
-                    logratio = newlogprob - b_logprobs[mb_inds]
-                    ratio = logratio.exp()
+            if "_episode" in infos:
+                for i in np.nonzero(infos["_episode"])[0]:
+                    episodic_return, episodic_length = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
+                    recent_returns.append(episodic_return)
+                    tqdm.write(f"global_step={global_step}, episodic_return={episodic_return:.2f}")
+                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+            progress.update(args.num_envs)
 
-                    with torch.no_grad():
-                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                        old_approx_kl = (-logratio).mean()
-                        approx_kl = ((ratio - 1) - logratio).mean()
-                        clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
-
-                    mb_advantages = b_advantages[mb_inds]
-                    if args.norm_adv:
-                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                    # Policy loss
-                    pg_loss1 = -mb_advantages * ratio
-                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-
-                    # Value loss
-                    if args.clip_vloss:
-                        v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-                        v_clipped = b_values[mb_inds] + torch.clamp(
-                            newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
-                        )
-                        v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
-                        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-                    else:
-                        v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
-
-                    entropy_loss = entropy.mean()
-                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-
-                    optimizer.zero_grad()
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(policy.parameters()), args.max_grad_norm)
-                    optimizer.step()
-
-                if args.target_kl is not None and approx_kl > args.target_kl:
-                    break
-
-            # move the anchor embeddings towards the updated CNN's (one EMA step per iteration, see above)
+        if stop.requested:
+            break
+        # bootstrap value if not done
+        with torch.no_grad():
             with amp():
-                encoder.update_anchors(anchor_frames)
+                next_value = policy(encoder(next_obs))[1].float()
+            advantages = compute_gae(rewards, values, next_value, terminations, dones, args.gamma, args.gae_lambda)
+            returns = advantages + values
 
-            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-            var_y = np.var(y_true)
-            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+        # flatten the batch and drop the reset steps: they are not transitions of the MDP
+        valid = ~reset_steps.reshape(-1)
+        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)[valid]
+        b_logprobs = logprobs.reshape(-1)[valid]
+        b_actions = actions.reshape(-1)[valid]
+        b_advantages = advantages.reshape(-1)[valid]
+        b_returns = returns.reshape(-1)[valid]
+        b_values = values.reshape(-1)[valid]
 
-            # TRY NOT TO MODIFY: record rewards for plotting purposes
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-            writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-            writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
-            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-            writer.add_scalar("losses/explained_variance", explained_var, global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-            progress.set_postfix_str(f"SPS={sps} return(last {len(recent_returns)})={recent}", refresh=False)
+        # Optimizing the policy and value network
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            b_inds = torch.randperm(len(b_obs), device=device)
+            for mb_inds in b_inds.tensor_split(args.num_minibatches):
+                with amp():
+                    logits, newvalue = policy(encoder(b_obs[mb_inds]))
+                probs = Categorical(logits=logits.float())
+                newvalue = newvalue.float()
+                newlogprob = probs.log_prob(b_actions[mb_inds])
+                entropy = probs.entropy()
+                logratio = newlogprob - b_logprobs[mb_inds]
+                ratio = logratio.exp()
 
-            completed_iteration, completed_step = iteration, global_step
-            crossed_save_point = args.save_every > 0 and global_step // args.save_every > (global_step - batch_size) // args.save_every
-            if crossed_save_point and iteration < num_iterations:
-                write_checkpoint(iteration, global_step)
+                with torch.no_grad():
+                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+
+                mb_advantages = b_advantages[mb_inds]
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                # Policy loss
+                pg_loss1 = -mb_advantages * ratio
+                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                # Value loss
+                if args.clip_vloss:
+                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                    v_clipped = b_values[mb_inds] + torch.clamp(
+                        newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
+                    )
+                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(list(encoder.parameters()) + list(policy.parameters()), args.max_grad_norm)
+                optimizer.step()
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+
+        # move the anchor embeddings towards the updated CNN's (one EMA step per iteration, see above)
+        with amp():
+            encoder.update_anchors(anchor_frames)
+
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+        progress.set_postfix_str(f"SPS={sps} return(last {len(recent_returns)})={recent}", refresh=False)
+
+        completed_iteration, completed_step = iteration, global_step
+        crossed_save_point = args.save_every > 0 and global_step // args.save_every > (global_step - batch_size) // args.save_every
+        if crossed_save_point and iteration < num_iterations:
+            write_checkpoint(iteration, global_step)
 
     progress.close()
     envs.close()

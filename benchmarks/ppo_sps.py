@@ -11,7 +11,7 @@ ratios the precision and relative-representation targets are stated in:
 
     python benchmarks/ppo_sps.py                        # 2 rounds of 4 runs of 4096 steps
     python benchmarks/ppo_sps.py --steps 8192 --repeats 3
-    python benchmarks/ppo_sps.py --components [--precision bf16]   # in-process CPU time of each part of an iteration
+    python benchmarks/ppo_sps.py --components   # in-process CPU time of each part of an iteration, fp32 and bf16
 
 `--components` times, in CPU seconds of this process, the parts of one PPO iteration at the given sizes:
 environment steps, rollout forwards, the update's minibatch steps (forward, backward, Adam) and the anchor EMA
@@ -46,7 +46,7 @@ def components(args) -> None:
 
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
-    bf16 = args.precision == "bf16"
+    bf16 = False
 
     def amp():
         return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -60,7 +60,8 @@ def components(args) -> None:
     obs = torch.randint(0, 256, (minibatch, 3, 84, 84), dtype=torch.uint8)
     anchor_frames = torch.randint(0, 256, (args.num_anchors, 3, 84, 84), dtype=torch.uint8)
     cpu_per_iteration = {}
-    for relative in (True, False):
+    for precision, relative in [(p, r) for p in args.precisions for r in (True, False)]:
+        bf16 = precision == "bf16"
         encoder = Encoder(1, relative, args.num_anchors)
         with amp():
             encoder.update_anchors(anchor_frames)
@@ -88,13 +89,17 @@ def components(args) -> None:
             "update (16 minibatch steps)": 16 * cpu_seconds(minibatch_step, 2),
             "anchor EMA step": cpu_seconds(anchor_step, 1) if relative else 0.0,
         }
-        cpu_per_iteration[relative] = sum(parts.values())
-        name = f"{'relative' if relative else 'absolute'} ({args.precision})"
+        cpu_per_iteration[precision, relative] = sum(parts.values())
+        name = f"{'relative' if relative else 'absolute'} ({precision})"
         print(f"{name}: " + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items())
-              + f" -> {cpu_per_iteration[relative]:.2f} CPU-s per iteration of {batch} steps "
-              f"({batch / cpu_per_iteration[relative]:.1f} steps per CPU-second)")
-    ratio = cpu_per_iteration[False] / cpu_per_iteration[True]
-    print(f"relative/absolute steps per CPU-second={ratio:.3f} (relative costs {100 * (1 - ratio):.1f}%)")
+              + f" -> {cpu_per_iteration[precision, relative]:.2f} CPU-s per iteration of {batch} steps "
+              f"({batch / cpu_per_iteration[precision, relative]:.1f} steps per CPU-second)")
+    for precision in args.precisions:
+        ratio = cpu_per_iteration[precision, False] / cpu_per_iteration[precision, True]
+        print(f"{precision}: relative/absolute steps per CPU-second={ratio:.3f} (relative costs {100 * (1 - ratio):.1f}%)")
+    if len(args.precisions) == 2:
+        speedup = cpu_per_iteration["fp32", True] / cpu_per_iteration["bf16", True]
+        print(f"relative bf16 / relative fp32 steps per CPU-second={speedup:.2f} (target >= 1.6)")
 
 
 def main():
@@ -106,7 +111,8 @@ def main():
     parser.add_argument("--num-anchors", type=int, default=3136)
     parser.add_argument("--bg-color", default="green")
     parser.add_argument("--torch-threads", type=int, default=1)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="precision of --components")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"),
+                        help="precisions timed by --components")  # fmt: skip
     parser.add_argument("--components", action="store_true", help="time the parts of one iteration in-process instead")
     args = parser.parse_args()
     if args.components:

@@ -1,21 +1,25 @@
-"""REPAINT benchmark on the transfer gridworld, laid out like the paper's table (Tao et al. 2021, Table 1).
+"""REPAINT benchmark on the transfer gridworld: iterations to a threshold, per seed, for every transfer mode.
 
-Not a test: run it by hand (about 10-30 minutes on two shared CPU cores),
+Not a test: run it by hand (about an hour on two shared CPU cores; resumable: finished runs are cached in the
+`.json` beside the table and skipped when the same command runs again),
 
     nice -n 10 python benchmarks/repaint_benchmark.py
 
-1. Teachers: plain PPO (`repaint_ppo.py --transfer none`) on the source tasks ``similar`` (goal one cell from
-   the target's) and ``different`` (goal in the opposite corner of the room; only the way to the door is shared).
-2. Students on the ``target`` task, `--seeds` seeds each: none (baseline), ks, it, repaint and warm_start with
-   each teacher. All runs share every hyper-parameter except the transfer.
-3. Score of an iteration: mean return of the student's episodes that ended in it (charts/episodic_return),
-   carried forward over iterations where none ended, then averaged over seeds and smoothed with a moving average
-   of `--smooth` iterations. The target score is the best score of the baseline; K is the first iteration at
-   which a variant's score reaches it ("not reached" within the budget otherwise), with the reduction in
-   iterations vs the baseline in percent. Per-seed K and each run's best (smoothed) score are reported too.
+1. Teachers (`repaint_ppo.py --transfer none`, 8192 steps, seed 1): ``similar`` (goal one cell from the target's),
+   ``different`` (goal (0, 4): the target's corridor, then the wrong side of the room; the analogue of the REPAINT
+   paper's inner-lane teacher for an outer-lane student) and ``useless`` (an untrained network: learning rate 0).
+2. Students on ``target`` with seeds 1..`--seeds`, paired across modes (same initial weights and draws for a seed):
+   none, ks, it, repaint and warm_start with each teacher, all with the same hyper-parameters; then short sweeps
+   with the different teacher: REPAINT with other `--beta-decay` and `--zeta`, and REPAINT and IT with the kept
+   teacher advantages scaled by the student batch's std instead of the teacher batch's (`--teacher-adv-norm`).
+3. Score of an iteration: mean return of the student's episodes that ended in it, carried forward over iterations
+   where none ended, smoothed with a trailing moving average of `--smooth` iterations, per seed. K = the first
+   iteration at which a seed's score reaches the threshold (90% of the optimum 0.88, below the ceiling so that one
+   noisy episode does not decide); reported per seed, as mean +- std over the seeds that reached it, and the count.
+   Each run also ends with a deterministic (argmax) evaluation; its return is reported per seed.
 
-Runs execute repaint_ppo.py in-process (runpy) in `--jobs` worker processes, so the interpreter starts once
-per worker. Writes the tables to benchmarks/results/repaint_benchmark.txt and the curves to a .json beside it.
+Writes benchmarks/results/repaint_benchmark.txt, the runs' curves to repaint_benchmark.json and the mean curves to
+repaint_benchmark.png.
 """
 
 import contextlib
@@ -37,62 +41,69 @@ import tyro
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO_ROOT, "repaint_ppo.py")
 ITERATION = re.compile(r"^iteration \d+/\d+ step \d+(?: return (\S+))?", re.M)
-VARIANTS = ("none", "ks", "it", "repaint", "warm_start")
-TEACHERS = ("similar", "different")
+MODES = ("none", "ks", "it", "repaint", "warm_start")
+TEACHERS = {  # name: repaint_ppo.py options of its training
+    "similar": ["--task", "similar", "--learning-rate", "0.002"],
+    "different": ["--task", "different", "--learning-rate", "0.002"],
+    "useless": ["--task", "target", "--learning-rate", "0"],
+}
+SWEEPS = {  # label: (mode, extra options), all with the different teacher
+    "repaint beta_decay 0.8": ("repaint", ["--beta-decay", "0.8"]),
+    "repaint beta_decay 0.95": ("repaint", ["--beta-decay", "0.95"]),
+    "repaint zeta 0.01": ("repaint", ["--zeta", "0.01"]),
+    "repaint zeta 0.05": ("repaint", ["--zeta", "0.05"]),
+    "repaint adv/student std": ("repaint", ["--teacher-adv-norm", "student"]),
+    "it adv/student std": ("it", ["--teacher-adv-norm", "student"]),
+}
 
 
 @dataclass
 class Args:
     seeds: int = 5
-    """student seeds per variant (1..seeds)"""
+    """student seeds per mode (1..seeds)"""
     jobs: int = 2
     """worker processes"""
     total_timesteps: int = 10_240
     """student steps per run (8 envs x 32 steps per iteration: 40 iterations)"""
     teacher_timesteps: int = 8192
     """steps of each teacher's training"""
-    teacher_learning_rate: float = 2e-3
-    """learning rate of the teachers' training"""
-    teacher_seed: int = 7
+    teacher_seed: int = 1
     """seed of the teachers' training"""
-    teachers: str = "similar,different"
-    """comma-separated source tasks of the teachers"""
-    extra: str = ""
-    """more repaint_ppo.py options for every transfer run, given as --extra="--zeta 0.02 --beta-decay 0.8" """
+    threshold: float = 0.9
+    """K is the first iteration whose score reaches this fraction of the optimum 0.88"""
     smooth: int = 3
-    """moving-average window (iterations) of the score curves"""
+    """moving-average window (iterations) of the per-seed score curves"""
+    sweeps: bool = True
+    """also run the beta_decay / zeta / advantage-scale sweeps with the different teacher"""
     runs_dir: str = ""
     """where the runs go (default: a temporary directory)"""
     out: str = os.path.join(REPO_ROOT, "benchmarks", "results", "repaint_benchmark.txt")
-    """the table file (the curves go to the same name with .json)"""
+    """the table file (the runs go to the same name with .json, the curves plot with .png)"""
 
 
-def run_repaint(argv: list[str]) -> tuple[list[float], str]:
-    """One run of repaint_ppo.py in this process: the per-iteration mean return (nan where no episode ended)
-    and the checkpoint path."""
+def run_repaint(argv: list[str]) -> dict:
+    """One run of repaint_ppo.py in this process: per-iteration mean return (nan where no episode ended), checkpoint,
+    final deterministic evaluation."""
     sys.path.insert(0, REPO_ROOT)
     sys.argv = [SCRIPT] + argv
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         runpy.run_path(SCRIPT, run_name="__main__")
     text = out.getvalue()
-    returns = [float(m.group(1)) if m.group(1) else math.nan for m in ITERATION.finditer(text)]
-    return returns, re.search(r"checkpoint saved to (\S+)", text).group(1)
+    return {"returns": [float(m.group(1)) if m.group(1) else math.nan for m in ITERATION.finditer(text)],
+            "checkpoint": re.search(r"checkpoint saved to (\S+)", text).group(1),
+            "eval": float(re.search(r"eval_return_mean=(\S+)", text).group(1))}
 
 
-def score_curve(returns: list[float]) -> np.ndarray:
-    """Carry the last score forward over iterations where no episode ended (before the first: the first seen)."""
+def score_curve(returns: list[float], window: int) -> np.ndarray:
+    """Carry the last score forward over iterations where no episode ended (before the first: the first seen), then
+    a trailing moving average of `window` iterations."""
     curve = np.array(returns, dtype=float)
-    first = curve[~np.isnan(curve)][0] if (~np.isnan(curve)).any() else 0.0
-    last = first
+    seen = curve[~np.isnan(curve)]
+    last = seen[0] if seen.size else -0.5
     for i, value in enumerate(curve):
         last = last if np.isnan(value) else value
         curve[i] = last
-    return curve
-
-
-def smooth(curve: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average (shorter at the start)."""
     cumulative = np.cumsum(np.insert(curve, 0, 0.0))
     lo = np.maximum(np.arange(1, len(curve) + 1) - window, 0)
     return (cumulative[1:] - cumulative[lo]) / (np.arange(1, len(curve) + 1) - lo)
@@ -103,101 +114,133 @@ def iterations_to(target: float, curve: np.ndarray) -> int | None:
     return int(reached[0]) + 1 if reached.size else None
 
 
+def summary(ks: list) -> str:
+    reached = [k for k in ks if k is not None]
+    text = f"{np.mean(reached):.1f} +- {np.std(reached):.1f}" if reached else "-"
+    return f"{text} ({len(reached)}/{len(ks)})"
+
+
 def main(args: Args):
     started = time.time()
-    kinds = args.teachers.split(",")
-    if not kinds or any(kind not in TEACHERS for kind in kinds):
-        sys.exit(f"repaint_benchmark.py: error: bad --teachers {args.teachers!r}; expected a comma-separated subset of {', '.join(TEACHERS)}")
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="repaint-benchmark-")
-    common = ["--runs-dir", runs_dir, "--env", "gridworld"]
+    cache_path = os.path.splitext(args.out)[0] + ".json"
+    settings = {"total_timesteps": args.total_timesteps, "teacher_timesteps": args.teacher_timesteps,
+                "teacher_seed": args.teacher_seed}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
+    if cache.get("settings") != settings:
+        cache = {"settings": settings, "runs": {}}
+    done = cache["runs"]
+    common = ["--runs-dir", runs_dir, "--env", "gridworld", "--eval-episodes", "1"]
     pool = multiprocessing.get_context("spawn").Pool(args.jobs)
 
-    teacher_jobs = {
-        kind: pool.apply_async(run_repaint, ([*common, "--task", kind, "--total-timesteps", str(args.teacher_timesteps),
-                                              "--learning-rate", str(args.teacher_learning_rate),
-                                              "--seed", str(args.teacher_seed), "--exp-name", f"teacher_{kind}"],))
-        for kind in kinds
-    }
+    def submit(jobs: dict, key: str, argv: list[str]):
+        if key not in done or not (key.startswith("student") or os.path.exists(done[key]["checkpoint"])):
+            jobs[key] = pool.apply_async(run_repaint, (argv,))
+
+    def collect(jobs: dict):
+        for key, job in jobs.items():
+            done[key] = job.get()
+            with open(cache_path, "w") as f:
+                json.dump(cache, f)
+            print(f"{key}: eval {done[key]['eval']:.3f}  ({(time.time() - started) / 60:.1f} min)", flush=True)
+
+    jobs = {}
+    for name, options in TEACHERS.items():
+        submit(jobs, f"teacher {name}", [*common, *options, "--total-timesteps", str(args.teacher_timesteps),
+                                         "--seed", str(args.teacher_seed), "--exp-name", f"teacher_{name}"])
+    collect(jobs)
     student = [*common, "--task", "target", "--total-timesteps", str(args.total_timesteps)]
     seeds = range(1, args.seeds + 1)
-    jobs = {("none", "-", s): pool.apply_async(run_repaint, ([*student, "--seed", str(s), "--exp-name", "none"],))
-            for s in seeds}
-    teachers = {}
-    for kind in kinds:
-        returns, teachers[kind] = teacher_jobs[kind].get()
-        print(f"teacher {kind}: final return {np.nanmean(returns[-4:]):.3f} on its source task", flush=True)
-        teachers[kind + "_return"] = float(np.nanmean(returns[-4:]))
-        for variant in VARIANTS[1:]:
-            for s in seeds:
-                argv = [*student, "--seed", str(s), "--transfer", variant, "--teacher", teachers[kind],
-                        "--exp-name", f"{variant}_{kind}", *args.extra.split()]
-                jobs[(variant, kind, s)] = pool.apply_async(run_repaint, (argv,))
-    curves = {key: score_curve(job.get()[0]) for key, job in jobs.items()}
+    jobs = {}
+    for s in seeds:
+        submit(jobs, f"student none - {s}", [*student, "--seed", str(s), "--exp-name", "none"])
+        for name in TEACHERS:
+            for mode in MODES[1:]:
+                submit(jobs, f"student {mode} {name} {s}", [*student, "--seed", str(s), "--transfer", mode,
+                                                             "--teacher", done[f"teacher {name}"]["checkpoint"]])
+        for label, (mode, extra) in SWEEPS.items() if args.sweeps else ():
+            submit(jobs, f"student {label} different {s}", [*student, "--seed", str(s), "--transfer", mode, *extra,
+                                                             "--teacher", done["teacher different"]["checkpoint"]])
+    collect(jobs)
     pool.close()
     pool.join()
 
-    mean_curve = {}
-    for variant, kind, _ in curves:
-        runs = [smooth(c, args.smooth) for (v, k, _), c in curves.items() if (v, k) == (variant, kind)]
-        mean_curve[(variant, kind)] = np.mean(runs, axis=0)
-    baseline = mean_curve[("none", "-")]
-    target = float(baseline.max())
-    k_base = iterations_to(target, baseline)
+    target = args.threshold * 0.88
+    curves = {key: score_curve(run["returns"], args.smooth) for key, run in done.items() if key.startswith("student")}
 
-    def cell(variant, kind):
-        k = iterations_to(target, mean_curve[(variant, kind)])
-        return "not reached" if k is None else f"{k} ({100.0 * (k_base - k) / k_base:.0f}%)"
+    def runs(mode: str, teacher: str) -> list[str]:
+        return [f"student {mode} {teacher} {s}" for s in seeds]
 
-    def per_seed(variant, kind):
-        ks = [iterations_to(target, smooth(c, args.smooth)) for (v, t, _), c in curves.items() if (v, t) == (variant, kind)]
-        reached = [k for k in ks if k is not None]
-        text = f"{np.mean(reached):.1f} +- {np.std(reached):.1f}" if reached else "-"
-        return text + (f" ({len(reached)}/{len(ks)})" if len(reached) < len(ks) else "")
+    def k_of(mode: str, teacher: str) -> list:
+        return [iterations_to(target, curves[k]) for k in runs(mode, teacher)]
 
-    def best(variant, kind):
-        scores = [smooth(c, args.smooth).max() for (v, t, _), c in curves.items() if (v, t) == (variant, kind)]
-        return f"{np.mean(scores):.3f} +- {np.std(scores):.3f}"
+    def row(label: str, mode: str, teacher: str) -> str:
+        ks, evals = k_of(mode, teacher), [done[k]["eval"] for k in runs(mode, teacher)]
+        per_seed = " ".join("-" if k is None else str(k) for k in ks)
+        # paired with the baseline of the same seed; a seed that never reaches the threshold counts as budget + 1
+        censored = [num_iterations + 1 if k is None else k for k in ks]
+        base = [num_iterations + 1 if k is None else k for k in k_of("none", "-")]
+        differences = np.subtract(censored, base)
+        return (f"| {label} | {summary(ks)} | {per_seed} | {sum(differences < 0)}/{len(ks)} | "
+                f"{differences.mean():+.1f} | {np.mean(evals):.3f} +- {np.std(evals):.3f} | "
+                f"{sum(e >= target for e in evals)}/{len(evals)} |")
 
-    num_iterations = len(baseline)
+    num_iterations = len(next(iter(curves.values())))
+    header = ["| teacher / mode | K mean +- std (reached) | K per seed | seeds faster than none | mean paired K - K_none | "
+              "final eval return | final eval >= threshold |", "|---|---|---|---|---|---|---|"]
     lines = [
-        "REPAINT benchmark: transfer gridworld (envs/transfer_gridworld.py), student task 'target' (best return 0.88)",
-        f"command: nice -n 10 python benchmarks/repaint_benchmark.py --seeds {args.seeds} --jobs {args.jobs} "
-        f"--total-timesteps {args.total_timesteps}" + (f" --teachers {args.teachers}" if kinds != list(TEACHERS) else "")
-        + (f' --extra="{args.extra}"' if args.extra else ""),
-        f"{args.seeds} seeds per variant, {num_iterations} iterations of 8 envs x 32 steps; scores = seed-mean of the "
-        f"{args.smooth}-iteration moving average of the training episodic return",
-        f"teachers (plain PPO, {args.teacher_timesteps} steps), return on their own task: "
-        + ", ".join(f"{kind} {teachers[kind + '_return']:.3f}" for kind in kinds),
-        "",
-        "Iterations K to reach the target score (the best score of the baseline), reduction vs baseline:",
-        "",
-        "| teacher | target | K base | K KS | K IT | K REPAINT | K warm-start |",
-        "|---|---|---|---|---|---|---|",
+        "REPAINT benchmark: transfer gridworld (envs/transfer_gridworld.py), student task 'target' (optimum 0.88)",
+        f"command: nice -n 10 python benchmarks/repaint_benchmark.py --seeds {args.seeds} --total-timesteps "
+        f"{args.total_timesteps} --teacher-seed {args.teacher_seed} --threshold {args.threshold}"
+        + ("" if args.sweeps else " --no-sweeps"),
+        f"seeds 1..{args.seeds} per mode, paired across modes; {num_iterations} iterations of 8 envs x 32 steps; "
+        f"score = {args.smooth}-iteration moving average of the training episodic return, per seed",
+        f"threshold = {args.threshold} x 0.88 = {target:.3f}; K = first iteration with score >= threshold ('-': not "
+        f"within {num_iterations}); final eval = one deterministic (argmax) episode after training",
+        f"teachers (plain PPO, seed {args.teacher_seed}), deterministic return on their own task: "
+        + ", ".join(f"{name} {done[f'teacher {name}']['eval']:.3f}" for name in TEACHERS),
+        "", *header, row("no teacher: none", "none", "-"),
     ]
-    for kind in kinds:
-        lines.append(f"| {kind} | {target:.3f} | {k_base} | " + " | ".join(cell(v, kind) for v in VARIANTS[1:]) + " |")
-    lines += ["", "Per-seed K (mean +- std over the seeds that reached the target; reached/total when not all did):", "",
-              "| teacher | base | KS | IT | REPAINT | warm-start |", "|---|---|---|---|---|---|"]
-    for kind in kinds:
-        lines.append(f"| {kind} | {per_seed('none', '-')} | " + " | ".join(per_seed(v, kind) for v in VARIANTS[1:]) + " |")
-    lines += ["", "Best score (per run: max of the smoothed curve; mean +- std over seeds):", "",
-              "| teacher | base | KS | IT | REPAINT | warm-start |", "|---|---|---|---|---|---|"]
-    for kind in kinds:
-        lines.append(f"| {kind} | {best('none', '-')} | " + " | ".join(best(v, kind) for v in VARIANTS[1:]) + " |")
-    lines += ["", "Initial score (seed-mean score of the first iteration with a finished episode):", "",
-              "| teacher | base | KS | IT | REPAINT | warm-start |", "|---|---|---|---|---|---|"]
-    for kind in kinds:
-        first = [f"{np.mean([c[0] for (v, t, _), c in curves.items() if (v, t) == key]):.3f}"
-                 for key in [("none", "-")] + [(v, kind) for v in VARIANTS[1:]]]
-        lines.append(f"| {kind} | " + " | ".join(first) + " |")
-    lines += ["", f"wall-clock: {(time.time() - started) / 60:.1f} min"]
+    for name in TEACHERS:
+        lines += [row(f"{name}: {mode}", mode, name) for mode in MODES[1:]]
+    if args.sweeps:
+        lines += ["", "Sweeps with the different teacher (defaults: beta 1, beta_decay 0.9, zeta 0, teacher-batch std):",
+                  "", *header, row("different: repaint (defaults)", "repaint", "different")]
+        lines += [row(f"different: {label}", label, "different") for label in SWEEPS]
+    cache["minutes"] = cache.get("minutes", 0.0) + (time.time() - started) / 60
+    with open(cache_path, "w") as f:
+        json.dump(cache, f)
+    lines += ["", f"wall-clock: {cache['minutes']:.1f} min over the invocations that ran these runs"]
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text + "\n")
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({"target": target, "curves": {f"{v}/{k}/{s}": c.tolist() for (v, k, s), c in curves.items()}}, f)
+    plot(curves, seeds, target, os.path.splitext(args.out)[0] + ".png")
+
+
+def plot(curves: dict, seeds, target: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TEACHERS), figsize=(5 * len(TEACHERS), 3.8), sharey=True)
+    for ax, name in zip(axes, TEACHERS):
+        for mode in MODES:
+            teacher = "-" if mode == "none" else name
+            runs = np.array([curves[f"student {mode} {teacher} {s}"] for s in seeds])
+            x = np.arange(1, runs.shape[1] + 1)
+            line, = ax.plot(x, runs.mean(axis=0), label=mode)
+            ax.fill_between(x, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.1)
+        ax.axhline(target, color="k", ls=":", lw=1)
+        ax.set_title(f"{name} teacher")
+        ax.set_xlabel("iteration (256 student steps)")
+    axes[0].set_ylabel("training return (seed mean; band: min-max)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

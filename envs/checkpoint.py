@@ -125,7 +125,7 @@ def load_agent_checkpoint(path: str) -> dict:
 class GracefulStop:
     """SIGINT / SIGTERM -> a request that the training loop polls at a step boundary.
 
-        with GracefulStop() as stop:
+        stop = GracefulStop().install()      # or, around a block: with GracefulStop() as stop:
             for step in ...:
                 ...
                 if stop.requested:
@@ -145,6 +145,10 @@ class GracefulStop:
             os.kill(os.getpid(), signum)
             return
         self.signum = signum
+
+    def install(self) -> "GracefulStop":
+        """Take over SIGINT and SIGTERM for the rest of the process (a script's main: `stop = GracefulStop().install()`)."""
+        return self.__enter__()
 
     def __enter__(self) -> "GracefulStop":
         for sig in self.SIGNALS:

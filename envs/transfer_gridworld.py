@@ -2,17 +2,25 @@
 
 Layout (7x7, ``#`` wall, ``S`` start, letters the goal of each task)::
 
-    . . . # . . T      T  target      goal (0, 6)
+    . . . # d . T      T  target      goal (0, 6)
     . . . # . . s      s  similar     goal (1, 6): one cell below the target's goal
-    . . . # . . .
+    . . . # . . .      d  different   goal (0, 4): the same corridor, the other side of the room
     . . . . . . .      the door between the rooms is (3, 3)
     . . . # . . .
     . . . # . . .
-    S . . # . . d      d  different   goal (6, 6): shares the way to the door, then turns away
+    S . . # . . .
 
 All tasks share the layout, the start, the observation and the action space; they differ only in the goal
-cell, and could differ in the reward weights (`Task.goal_reward`, `Task.step_cost`). This is the paper's
-teacher/student setting: a teacher trained on ``similar`` or ``different`` teaches a student on ``target``.
+cell, and could differ in the reward weights (`Task.goal_reward`, `Task.step_cost`). This is the teacher/student
+setting of REPAINT (Tao et al., ICML 2021, arXiv 2011.11827): a teacher trained on ``similar`` or ``different``
+teaches a student on ``target``.
+
+``different`` is the analogue of the paper's DeepRacer lanes (an inner-lane teacher for an outer-lane student):
+the teacher drives the same road, but on the wrong side at the end. Its shortest path (north to the door row,
+east through the door, north along the wall) is the first 10 of the 12 steps of a shortest target path, so that
+part of its behaviour is what the target needs; near the target's goal its policy pulls west, towards (0, 4),
+away from (0, 6). Run in the target task, its episodes get the target reward of wherever it goes: the corridor
+moves earn advantage under the student's critic, the westward ones lose it.
 
 Dynamics: deterministic. Actions 0 north, 1 east, 2 south, 3 west; a move into a wall or off the grid leaves
 the agent in place. Reward per step: ``goal_reward`` on entering the task's goal (which ends the episode,
@@ -56,7 +64,7 @@ class Task:
 TASKS: dict[str, Task] = {
     "target": Task(goal=(0, 6)),
     "similar": Task(goal=(1, 6)),
-    "different": Task(goal=(6, 6)),
+    "different": Task(goal=(0, 4)),
 }
 
 

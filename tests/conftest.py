@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -53,3 +54,33 @@ def run_script_in_process(script: str, args: list[str], tmp_path: Path, capsys) 
         os.chdir(cwd)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def random_orthogonal(dim: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random (dim, dim) orthogonal matrix in float64 (QR of a Gaussian matrix, signs fixed)."""
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def save_agent_checkpoint(path: Path, bg_color: str, relative: bool = True, seed: int = 0, algorithm: str = "ppo",
+                          task: str = "standard", num_anchors: int = 16, anchor_set_id: str = "set-a", view: str = "near") -> Path:
+    """An r3l-agent-v1 checkpoint (docs/checkpoints.md) with randomly initialised networks and anchor embeddings."""
+    from ddqn_relative import QNetwork
+    from envs.checkpoint import agent_payload, save_atomic
+    from ppo_relative import Encoder, Policy
+
+    torch.manual_seed(seed)
+    num_actions = 4 if task == "no_idle" else 5
+    encoder = Encoder(1, relative, num_anchors)
+    if relative:
+        encoder.projection.update_anchors(torch.randn(num_anchors, 3136))
+    policy = (QNetwork if algorithm == "ddqn" else Policy)(encoder.latent_dim, num_actions)
+    metadata = {
+        "algorithm": algorithm, "bg_color": bg_color, "view": view, "task": task, "reward": "standard", "frame_stack": 1,
+        "num_actions": num_actions, "relative": relative, "anchor_set_id": anchor_set_id if relative else None,
+        "num_anchors": num_anchors if relative else None, "anchor_standardize": False,
+        "latent_dim": encoder.latent_dim, "seed": seed, "global_step": 0, "args": {},
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(agent_payload(encoder, policy, metadata, {}), str(path))
+    return path

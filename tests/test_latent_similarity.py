@@ -18,7 +18,7 @@ from envs.car_racing import make_color_car_racing
 from latent_similarity import Args, cosine_similarity_matrix, figures_of_merit, frame_latents, greedy_gym_actions, relative_refusal
 from ppo_relative import Encoder
 from stitch_eval import UserError, load_agent
-from test_stitch_eval import save_checkpoint
+from conftest import save_agent_checkpoint as save_checkpoint
 
 
 def random_orthogonal(dim: int, block: int, generator: torch.Generator) -> torch.Tensor:
@@ -85,7 +85,7 @@ def test_greedy_actions_replay_the_agent_episode(tmp_path):
         for _ in range(20):
             obs, *_ = env.step(int(policy.greedy_action(encoder(torch.from_numpy(obs)[None]))[0]))
             own_frames.append(obs)
-    np.testing.assert_array_equal(render_trajectory(5, actions, "red", "scrambled"), np.stack(own_frames))
+    np.testing.assert_array_equal(render_trajectory(5, actions, "red"), np.stack(own_frames))
 
 
 def test_outputs_for_relative_and_absolute_pairs(tmp_path, capsys):
@@ -105,6 +105,17 @@ def test_outputs_for_relative_and_absolute_pairs(tmp_path, capsys):
         assert ("relative" in pair) == (pair["relative_note"] is None)
         assert Path(pair["figure"]).parent == out and Path(pair["figure"]).stat().st_size > 10_000
     assert printed.count("n/a: absolute encoder: no relative latents") == 2
+    # two checkpoints of one configuration are told apart by their run folders
+    assert "[1] red near standard ppo abs seed 2 (red_abs)" in printed and "[2] red near standard ppo rel seed 2 (red_rel)" in printed
+
+
+def test_unwritable_out_dir_fails_before_the_replays(tmp_path, capsys):
+    a = save_checkpoint(tmp_path / "a" / "agent.pt", "green", seed=1)
+    b = save_checkpoint(tmp_path / "b" / "agent.pt", "red", seed=2)
+    (tmp_path / "file").write_text("a file where a folder should be")
+    with pytest.raises(UserError, match="--out-dir .* is not a writable folder"):
+        latent_similarity.main(Args(checkpoints=(str(a), str(b)), out_dir=str(tmp_path / "file" / "out")))
+    assert "replaying" not in capsys.readouterr().out
 
 
 def test_bad_input_is_refused(tmp_path):

@@ -1,13 +1,15 @@
 """Tests for ppo_relative.py: projection invariance, anchor EMA, GAE across autoresets, checkpoints,
 bad input, a subprocess smoke run, reproducibility and --resume."""
 import os
+import runpy
+import signal
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_script_in_process
+from conftest import random_orthogonal, run_script_in_process
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +33,6 @@ TINY = [
     "--anchor-steps-per-track", "4", "--eval-episodes", "0", "--save-every", "1",
 ]
 
-
-def random_orthogonal(dim: int, generator: torch.Generator) -> torch.Tensor:
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r))
 
 
 def projection_with_anchors(anchors: torch.Tensor, standardize: bool = False) -> RelativeProjection:
@@ -322,3 +320,41 @@ def test_same_seed_same_weights_and_resume_continues(smoke_run, tmp_path, capsys
     assert code == 2 and "is already at step 48" in err and err.strip().count("\n") == 0
     code, out, err = run_in_process(["--resume", str(resumed_dir), "--bg-color", "red", "--total-timesteps", "64"], tmp_path, capsys)
     assert code == 2 and "--bg-color 'red' differs from the resumed run's 'green'" in err and err.strip().count("\n") == 0
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path):
+    flags = [f if f != "32" else "100000" for f in TINY]  # a long run: it is interrupted
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, "--runs-dir", str(tmp_path / "runs"), "--seed", "4", *flags],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert process.stdout.readline().startswith("anchor set ")  # printed just before the environments start
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 143, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM: checkpoint at ") and "resume with: python ppo_relative.py --resume " in last
+    assert "Traceback" not in stderr
+    (path,) = (tmp_path / "runs").glob("*/agent.pt")
+    checkpoint = load_checkpoint(str(path))
+    step, iteration = checkpoint["metadata"]["global_step"], checkpoint["training_state"]["iteration"]
+    assert step == 16 * iteration  # the last finished iteration: an unfinished rollout is dropped
+    code = subprocess.run([sys.executable, SCRIPT, "--resume", str(path), "--total-timesteps", str(step + 16)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600).returncode  # fmt: skip
+    assert code == 0 and load_checkpoint(str(path))["metadata"]["global_step"] == step + 16
+
+
+def test_unwritable_runs_dir_is_one_line_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file where a folder should be")
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = [SCRIPT, *TINY, "--runs-dir", str(tmp_path / "file" / "runs")]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(SCRIPT, run_name="__main__")
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: --runs-dir ") and "is not a writable folder" in err
+    assert err.strip().count("\n") == 0

@@ -29,7 +29,7 @@ def test_layout_is_two_rooms_joined_by_one_door_and_goals_are_free_cells():
 def test_shortest_paths_and_optimal_returns():
     assert shortest_path_length(TASKS["target"].goal) == 12
     assert shortest_path_length(TASKS["similar"].goal) == 11
-    assert shortest_path_length(TASKS["different"].goal) == 12
+    assert shortest_path_length(TASKS["different"].goal) == 10
     assert optimal_return("target") == pytest.approx(1.0 - 0.12)
 
 
@@ -55,9 +55,24 @@ def test_walls_and_borders_block_and_other_goals_do_not_end_the_task():
     env.position = (2, 2)
     env.step(EAST)  # wall at (2, 3)
     assert env.position == (2, 2)
-    env.position = (6, 5)
-    _, reward, terminated, _, _ = env.step(EAST)  # the "different" goal is an ordinary cell here
-    assert env.position == (6, 6) and not terminated and reward == pytest.approx(-0.01)
+    env.position = (0, 5)
+    _, reward, terminated, _, _ = env.step(WEST)  # the "different" goal is an ordinary cell here
+    assert env.position == (0, 4) and not terminated and reward == pytest.approx(-0.01)
+
+
+def test_different_goal_lies_on_a_shortest_target_path_then_the_paths_part():
+    """The lane analogue: the different task's shortest path is the first 10 of 12 steps of a shortest target path;
+    from its goal the target's goal is two steps east, and the different task rewards stopping there."""
+    env = TransferGridworld("different")
+    env.reset()
+    different_path = [NORTH] * 3 + [EAST] * 4 + [NORTH] * 3
+    for i, action in enumerate(different_path):
+        _, _, terminated, _, _ = env.step(action)
+        assert terminated == (i == len(different_path) - 1)
+    target = TransferGridworld("target")
+    target.reset()
+    total = sum(target.step(action)[1] for action in different_path + [EAST, EAST])
+    assert target.position == TASKS["target"].goal and total == pytest.approx(optimal_return("target"))
 
 
 def test_truncation_after_max_steps():

@@ -1,0 +1,97 @@
+"""envs/checkpoint.py: atomic writes, weights_only loads with one-line errors, the agent contract's upgrade of
+older metadata, writable-folder checks, and SIGINT / SIGTERM turned into a clean stop (exit 130 / 143)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, save_agent_checkpoint
+from envs.checkpoint import ensure_writable_dir, load_agent_checkpoint, load_torch_file, save_atomic
+
+ACCEPTED = "accepted: a test file"
+
+
+def test_save_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "agent.pt"
+    save_atomic({"step": 1}, str(path))
+    save_atomic({"step": 2}, str(path))
+    assert os.listdir(tmp_path) == ["agent.pt"] and load_torch_file(str(path), ACCEPTED) == {"step": 2}
+
+
+def test_random_bytes_and_foreign_pickles_get_one_line_without_torchs_advice(tmp_path):
+    random_bytes = tmp_path / "random.pt"
+    random_bytes.write_bytes(os.urandom(4096))
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"weights": torch.zeros(100)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"config": zipfile.ZipInfo("x")}, foreign)  # an arbitrary Python object: weights_only refuses it
+    for path, expected in ((random_bytes, "is not a checkpoint of this collection"), (truncated, "is not a checkpoint"),
+                           (foreign, "holds objects other than tensors and containers"),
+                           (tmp_path / "missing.pt", "does not exist")):  # fmt: skip
+        with pytest.raises(ValueError) as error:
+            load_torch_file(str(path), ACCEPTED)
+        message = str(error.value)
+        assert expected in message and message.endswith(ACCEPTED) and "\n" not in message
+        assert "weights_only" not in message and "arbitrary code" not in message
+
+
+def test_agent_checkpoints_written_before_the_view_flag_are_upgraded(tmp_path):
+    for old_task, expected in (("far", ("far", "standard")), ("slow", ("near", "slow"))):
+        path = save_agent_checkpoint(tmp_path / old_task / "agent.pt", "red", task=old_task)
+        raw = torch.load(path, weights_only=True)
+        del raw["metadata"]["view"]
+        raw["metadata"]["args"] = {"task": old_task}
+        torch.save(raw, path)
+        metadata = load_agent_checkpoint(str(path.parent))["metadata"]
+        assert (metadata["view"], metadata["task"]) == expected
+        assert (metadata["args"]["view"], metadata["args"]["task"]) == expected
+
+
+def test_agent_checkpoint_tensors_are_fp32_whatever_the_module_dtype(tmp_path):
+    from envs.checkpoint import agent_payload
+
+    encoder, policy = torch.nn.Linear(3, 4).to(torch.bfloat16), torch.nn.Linear(4, 2).double()
+    payload = agent_payload(encoder, policy, {}, {})
+    assert all(t.dtype == torch.float32 for part in ("encoder", "policy") for t in payload[part].values())
+
+
+def test_an_uncreatable_folder_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file, not a folder")  # tests run as root: chmod would not stop writes
+    with pytest.raises(ValueError) as error:
+        ensure_writable_dir(str(blocker / "runs"), "--runs-dir")
+    assert str(error.value).startswith(f"--runs-dir {str(blocker / 'runs')!r} is not a writable folder (Not a directory)")
+    assert ensure_writable_dir(str(tmp_path / "new" / "runs"), "--runs-dir") == str(tmp_path / "new" / "runs")
+
+
+LOOP = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from envs.checkpoint import GracefulStop
+    with GracefulStop() as stop:
+        print("ready", flush=True)
+        steps = 0
+        while not stop.requested:  # a training loop: finish the step, then look
+            time.sleep(0.01)
+            steps += 1
+        stop.exit(f"checkpoint at runs/x/agent.pt after {{steps}} steps")
+""")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_graceful_stop_finishes_the_step_and_exits_128_plus_the_signal(signum, code):
+    process = subprocess.Popen([sys.executable, "-c", LOOP.format(root=str(REPO_ROOT))], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code
+    assert stderr.startswith(f"stopped by {signal.Signals(signum).name}: checkpoint at runs/x/agent.pt after ")
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
