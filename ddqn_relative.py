@@ -42,8 +42,14 @@ from tqdm import tqdm
 from envs.anchors import AnchorRecipe, load_anchor_set  # importing the envs package registers ColorCarRacing-v0
 from envs.car_racing import NAMED_COLORS, TASKS, VIEWS, ColorCarRacingObservation, parse_bg_color, resolve_view_task
 from envs.checkpoint import (
-    AGENT_FILE, GracefulStop, agent_payload, ensure_writable_dir, fail, load_agent_checkpoint, save_atomic,
-)  # fmt: skip
+    AGENT_FILE,
+    GracefulStop,
+    agent_payload,
+    ensure_writable_dir,
+    fail,
+    load_agent_checkpoint,
+    save_atomic,
+)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 

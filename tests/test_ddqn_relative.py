@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import tyro
+from conftest import run_script_in_process
 
 import ddqn_relative as ddqn
 import ppo_relative
-from conftest import run_script_in_process
 from envs.car_racing import ColorCarRacingObservation
 from envs.checkpoint import AGENT_METADATA
 
