@@ -1,23 +1,32 @@
 # docs and experiment results can be found in docs/ddqn_relative.md
 """Double DQN with relative (or absolute) representations on colour-variable CarRacing.
 
-R3L: Ricciardi et al., "Zero-shot stitching in RL using relative representations" (seed 001, arXiv 2404.12917).
-The paper stitches across training algorithms: an encoder trained with DDQN drives a policy trained with PPO and
-vice versa. This file trains the DDQN side with the *same* encoder and relative projection as `ppo_relative.py`
-(copied verbatim below, same parameter names), so that its encoder loads into `ppo_relative.Encoder` and its
-Q-head, whose greedy action is the policy, can sit on top of a PPO encoder.
+R3L: Ricciardi et al., "R3L: Relative Representations for Reinforcement Learning" (arXiv 2404.12917), and the
+workshop paper by the same authors, "Zero-shot stitching in Reinforcement Learning using Relative
+Representations". Both stitch across training algorithms: an encoder trained with DDQN drives a policy trained
+with PPO and vice versa. This file trains the DDQN side with the *same* encoder and relative projection as
+`ppo_relative.py` (same parameter names), so that its encoder loads into `ppo_relative.Encoder` and its Q-head,
+whose greedy action is the policy, sits on top of a PPO encoder:
 
-    python ddqn_relative.py --bg-color green               # relative representation (default)
-    python ddqn_relative.py --bg-color green --no-relative # absolute baseline
+    z = E(x) E(A)^T (cosine, anchor-centred; workshop paper eq. 2-3),   Q(s, .) = head(z),   pi(s) = argmax_a Q(s, a)
 
-Double DQN: van Hasselt, Guez and Silver, "Deep Reinforcement Learning with Double Q-learning", AAAI 2016.
+Double DQN (van Hasselt, Guez and Silver, "Deep Reinforcement Learning with Double Q-learning", AAAI 2016, eq. 4):
+
+    y = r + gamma (1 - terminated) Q_target(s', argmax_a Q_online(s', a)),   loss = Huber(Q_online(s, a) - y)
+
+Frame skipping as in Mnih et al., "Human-level control through deep reinforcement learning" (Nature 2015): one
+agent step repeats its action for `--action-repeat` frames and sums their rewards.
+
+    python ddqn_relative.py --bg-color green                  # relative representation (default)
+    python ddqn_relative.py --bg-color green --no-relative    # absolute baseline
+    python ddqn_relative.py --resume runs/<run_name>/agent.pt # continue a run from its checkpoint
 """
+import functools
 import os
 import random
-import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from collections import deque
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import gymnasium as gym
@@ -28,44 +37,64 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from envs.anchors import AnchorRecipe, load_anchor_set  # importing the envs package registers ColorCarRacing-v0
-from envs.car_racing import NAMED_COLORS, TASKS, make_color_car_racing, parse_bg_color
+from envs.car_racing import NAMED_COLORS, TASKS, VIEWS, ColorCarRacingObservation, parse_bg_color, resolve_view_task
+from envs.checkpoint import (
+    AGENT_FILE,
+    GracefulStop,
+    agent_payload,
+    ensure_writable_dir,
+    fail,
+    load_agent_checkpoint,
+    save_atomic,
+)
 
-CHECKPOINT_FORMAT = "r3l-agent-v1"
-CHECKPOINT_FILE = "agent.pt"
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
+    """the name of this experiment (part of the run name)"""
     seed: int = 1
-    """seed of the experiment"""
+    """seed of the experiment (python, numpy, torch and the environments)"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda will be used when available"""
     torch_threads: int = 1
-    """number of CPU threads torch may use (1 keeps CPU runs reproducible and cheap on shared machines)"""
+    """number of CPU threads torch may use (1 keeps CPU runs reproducible and polite on shared machines)"""
+    precision: str = "auto"
+    """forward passes in bf16 (torch.autocast; weights, optimiser, targets, losses and checkpoints stay fp32) or fp32
+    (bit-reproducible); auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or
+    AVX512-BF16), else fp32"""
     capture_video: bool = False
     """if toggled, save GIFs of the agent's view during the final evaluation episodes to `videos/{run_name}/`"""
     runs_dir: str = "runs"
-    """directory that receives `runs/{run_name}/` (TensorBoard logs and the checkpoint agent.pt)"""
+    """directory that receives `{run_name}/` (TensorBoard logs and the checkpoint `agent.pt`)"""
     save_every: int = 10_000
-    """write the checkpoint every this many iterations (one iteration = one step of all envs; 0: only at the end)"""
+    """write the checkpoint every this many environment steps (0: only at the end)"""
     resume: Optional[str] = None
-    """continue the run stored in this checkpoint (`runs/{run_name}/agent.pt` or its directory; the replay memory is refilled first)"""
+    """continue the run stored in this checkpoint (`runs/{run_name}/agent.pt` or its directory)"""
     eval_episodes: int = 10
     """number of deterministic (argmax) evaluation episodes at the end (0 disables the evaluation)"""
 
     # Environment arguments
     bg_color: str = "green"
     """background colour: green, red, blue, yellow, violet, pink or a hex colour '#rrggbb'"""
+    view: str = "near"
+    """camera: near (gymnasium's zoom) or far (zoom 1, R3L's far-camera variation); anchors depend on colour and view"""
     task: str = "standard"
-    """task variant: standard, far, slow, scrambled or no_idle"""
+    """task variant: standard, slow, scrambled or no_idle (reward rule, actions, episode length); 'far' = --view far"""
     frame_stack: int = 1
     """number of stacked RGB frames per observation (the workshop paper uses 1, R3L uses 4)"""
+    action_repeat: int = 4
+    """frames per environment step: the action is repeated and the rewards summed (Mnih et al. 2015 frame skip)"""
+    progress_patience: int = 100
+    """training episodes are truncated (bootstrapped, not terminated) after this many frames without a new track
+    tile (0: never); evaluation always plays whole episodes"""
     num_envs: int = 1
     """the number of parallel game environments"""
 
@@ -80,18 +109,18 @@ class Args:
     """also divide latents by the anchors' per-dimension std (the authors' code; not rotation invariant)"""
     anchor_steps_per_track: int = 1000
     """steps the scripted driver records on each of the anchor recipe's 4 tracks (anchor pool size)"""
-    anchor_update_frequency: int = 10
+    anchor_update_frequency: int = 50
     """gradient steps between two EMA steps of the anchor embeddings (an anchor forward costs num_anchors frames)"""
 
     # Algorithm specific arguments
-    total_timesteps: int = 1_000_000
-    """total environment steps of the experiment (all envs together)"""
+    total_timesteps: int = 250_000
+    """total environment steps of the experiment (all envs together; frames = action_repeat x steps)"""
     learning_rate: float = 1e-4
     """the learning rate of the optimizer (Adam)"""
     buffer_size: int = 100_000
-    """the replay memory buffer size in transitions (all envs together)"""
+    """the replay memory buffer size in transitions (all envs together; ~2.1 GB per 100k)"""
     gamma: float = 0.99
-    """the discount factor gamma"""
+    """the discount factor gamma (per environment step)"""
     target_network_frequency: int = 1000
     """environment steps between two copies of the online network (encoder included) into the target network"""
     batch_size: int = 32
@@ -102,7 +131,7 @@ class Args:
     """the ending epsilon for exploration"""
     exploration_fraction: float = 0.1
     """the fraction of `total_timesteps` it takes for epsilon to go from start_e to end_e"""
-    learning_starts: int = 10_000
+    learning_starts: int = 5_000
     """transitions in the replay memory before learning starts"""
     train_frequency: int = 4
     """environment steps between two gradient steps"""
@@ -122,7 +151,7 @@ def layer_init(layer, std=2**0.5, bias_const=0.0):
 
 
 class RelativeProjection(nn.Module):
-    """Relative representation of a latent with respect to anchor embeddings (seed 001, eq. 2-3):
+    """Relative representation of a latent with respect to anchor embeddings (R3L eq. 2-3):
 
         z_rel = normalize(E(x) - mu) normalize(E(A) - mu)^T,   mu = mean of the anchor embeddings E(A)
 
@@ -158,6 +187,9 @@ class RelativeProjection(nn.Module):
         # normalize(E(A) - mu) stored transposed, (latent_dim, num_anchors): latent @ it reads the matrix
         # in order, ~1.5x faster than latent @ (num_anchors, latent_dim).T for the rollout's few rows
         self.register_buffer("normalized_anchors_t", torch.zeros(latent_dim, num_anchors), persistent=False)
+        # its bf16 copy for --precision bf16: autocast would otherwise convert the 3136 x 3136 matrix on every call
+        self.register_buffer("normalized_anchors_t_bf16", torch.zeros(latent_dim, num_anchors, dtype=torch.bfloat16),
+                             persistent=False)  # fmt: skip
         self.register_load_state_dict_post_hook(lambda module, incompatible_keys: module.refresh_anchor_side())
 
     @torch.no_grad()
@@ -170,6 +202,7 @@ class RelativeProjection(nn.Module):
             self.anchor_scale.copy_(anchors.std(dim=0) + 1e-6)
             anchors = anchors / self.anchor_scale
         self.normalized_anchors_t.copy_(F.normalize(anchors, dim=-1).T)
+        self.normalized_anchors_t_bf16.copy_(self.normalized_anchors_t)
 
     @torch.no_grad()
     def update_anchors(self, fresh_embeddings: torch.Tensor) -> None:
@@ -181,10 +214,14 @@ class RelativeProjection(nn.Module):
         self.refresh_anchor_side()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        latent = latent - self.anchor_center
+        latent = latent - self.anchor_center  # bf16 - fp32 promotes: centring and normalising run in fp32
         if self.standardize:
             latent = latent / self.anchor_scale
-        return F.normalize(latent, dim=-1) @ self.normalized_anchors_t
+        latent = F.normalize(latent, dim=-1)
+        device = latent.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+            return latent.to(torch.bfloat16) @ self.normalized_anchors_t_bf16
+        return latent @ self.normalized_anchors_t
 
 
 class Encoder(nn.Module):
@@ -214,9 +251,10 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def update_anchors(self, anchor_frames: torch.Tensor, chunk_size: int = 512) -> None:
-        """One EMA step of the anchor embeddings from the current CNN (no-op for absolute encoders)."""
+        """One EMA step of the anchor embeddings from the current CNN (no-op for absolute encoders). Under bf16
+        autocast the CNN runs in bf16; the EMA buffer and the anchor side stay fp32."""
         if self.projection is not None:
-            fresh = torch.cat([self.embed_frames(chunk) for chunk in anchor_frames.split(chunk_size)])
+            fresh = torch.cat([self.embed_frames(chunk).float() for chunk in anchor_frames.split(chunk_size)])
             self.projection.update_anchors(fresh)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -254,7 +292,7 @@ def double_dqn_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q_
 
         y = r + gamma * (1 - terminated) * Q_target(s', argmax_a Q_online(s', a)).
 
-    Only termination stops the bootstrap: a time-limit truncation is not an end of the MDP."""
+    Only termination stops the bootstrap: a truncation (time limit, no progress) is not an end of the MDP."""
     next_actions = next_q_online.argmax(dim=1, keepdim=True)
     next_values = next_q_target.gather(1, next_actions).squeeze(1)
     return rewards + gamma * (1.0 - terminations) * next_values
@@ -263,6 +301,38 @@ def double_dqn_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q_
 def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
     slope = (end_e - start_e) / duration
     return max(slope * t + start_e, end_e)
+
+
+class ActionRepeat(gym.Wrapper):
+    """One environment step = the action repeated for `repeat` frames, rewards summed, stopping at the episode's end
+    (Mnih et al. 2015). With `patience` > 0 the episode is truncated after `patience` consecutive frames without a new
+    track tile (CarRacing's frame reward is positive only on a new tile): a car lost on the grass stops filling the
+    replay memory with -0.1 frames. Truncation, not termination: the TD target still bootstraps there."""
+
+    def __init__(self, env: gym.Env, repeat: int, patience: int = 0):
+        super().__init__(env)
+        self.repeat, self.patience, self.idle_frames = repeat, patience, 0
+
+    def reset(self, **kwargs):
+        self.idle_frames = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        total_reward = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total_reward += reward
+            self.idle_frames = 0 if reward > 0 else self.idle_frames + 1
+            if terminated or truncated:
+                break
+        truncated = truncated or (self.patience > 0 and self.idle_frames >= self.patience)
+        return obs, total_reward, terminated, truncated, info
+
+
+def make_env(args, patience: int):
+    """ColorCarRacing-v0 -> ActionRepeat -> the shared 84x84 preprocessing (stacks one frame per environment step)."""
+    env = gym.make("ColorCarRacing-v0", bg_color=args.bg_color, task=args.task, view=args.view)
+    return ColorCarRacingObservation(ActionRepeat(env, args.action_repeat, patience), frame_stack=args.frame_stack)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -344,7 +414,7 @@ class FrameReplayBuffer:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Flags, environments, checkpoints (docs/checkpoints.md), evaluation
+# The few helpers the training loop needs: flags, precision, networks, checkpoint contract, evaluation
 # ---------------------------------------------------------------------------------------------------------
 def validate_args(args: Args) -> None:
     """Raise a one-line ValueError naming the first bad flag and what is accepted."""
@@ -354,18 +424,23 @@ def validate_args(args: Args) -> None:
         raise ValueError(
             f"unknown --bg-color {args.bg_color!r}; accepted: {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
         ) from None
+    if args.precision not in PRECISIONS:
+        raise ValueError(f"unknown --precision {args.precision!r}; accepted: {', '.join(PRECISIONS)}")
+    if args.view not in VIEWS:
+        raise ValueError(f"unknown --view {args.view!r}; accepted: {', '.join(VIEWS)}")
     if args.task not in TASKS:
-        raise ValueError(f"unknown --task {args.task!r}; accepted: {', '.join(TASKS)}")
+        raise ValueError(f"unknown --task {args.task!r}; accepted: {', '.join(TASKS)} ('far' is --view far)")
     anchor_pool = len(AnchorRecipe().track_seeds) * args.anchor_steps_per_track
     checks = [
         (args.frame_stack >= 1, "--frame-stack", args.frame_stack, "an integer >= 1"),
+        (args.action_repeat >= 1, "--action-repeat", args.action_repeat, "an integer >= 1"),
+        (args.progress_patience >= 0, "--progress-patience", args.progress_patience, "an integer >= 0 (0: never)"),
         (1 <= args.num_anchors <= anchor_pool, "--num-anchors", args.num_anchors,
          f"an integer in [1, {anchor_pool}] (the anchor pool: 4 tracks * --anchor-steps-per-track)"),
         (0.0 <= args.anchor_ema < 1.0, "--anchor-ema", args.anchor_ema, "a float in [0, 1)"),
         (args.anchor_steps_per_track >= 1, "--anchor-steps-per-track", args.anchor_steps_per_track, "an integer >= 1"),
         (args.anchor_update_frequency >= 1, "--anchor-update-frequency", args.anchor_update_frequency, "an integer >= 1"),
         (args.num_envs >= 1, "--num-envs", args.num_envs, "an integer >= 1"),
-        (args.total_timesteps >= 1, "--total-timesteps", args.total_timesteps, "an integer >= 1"),
         (args.learning_rate > 0, "--learning-rate", args.learning_rate, "a float > 0"),
         (args.buffer_size // max(args.num_envs, 1) >= args.frame_stack + 2, "--buffer-size", args.buffer_size,
          "an integer >= --num-envs * (--frame-stack + 2)"),
@@ -377,8 +452,11 @@ def validate_args(args: Args) -> None:
         (0.0 < args.exploration_fraction <= 1.0, "--exploration-fraction", args.exploration_fraction, "a float in (0, 1]"),
         (1 <= args.learning_starts <= args.buffer_size, "--learning-starts", args.learning_starts,
          "an integer in [1, --buffer-size]"),
+        # learning starts once the memory holds learning_starts transitions; fewer steps would train nothing
+        (args.total_timesteps > args.learning_starts, "--total-timesteps", args.total_timesteps,
+         f"an integer > --learning-starts ({args.learning_starts}): with fewer steps no gradient step is taken"),
         (args.train_frequency >= 1, "--train-frequency", args.train_frequency, "an integer >= 1"),
-        (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (0: only at the end)"),
+        (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (environment steps; 0: only at the end)"),
         (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
         (args.torch_threads >= 1, "--torch-threads", args.torch_threads, "an integer >= 1"),
         (not args.capture_video or args.eval_episodes >= 1, "--capture-video with --eval-episodes",
@@ -389,15 +467,17 @@ def validate_args(args: Args) -> None:
             raise ValueError(f"bad {flag} {value!r}; accepted: {accepted}")
 
 
-def make_env(bg_color: str, task: str, frame_stack: int):
-    def thunk():
-        return make_color_car_racing(bg_color, task, frame_stack)
+def native_bf16(device: torch.device) -> bool:
+    """The rule behind --precision auto: bf16 where the device multiplies bf16 matrices natively (CUDA GPUs with
+    bf16; CPUs with AMX or AVX512-BF16, where bf16 matrix products run 3-4x faster than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
-    return thunk
 
-
-def anchor_recipe(args) -> AnchorRecipe:
-    return AnchorRecipe(steps_per_track=args.anchor_steps_per_track, num_anchors=args.num_anchors)
+def crossed(step: int, num_envs: int, every: int) -> int:
+    """How many multiples of `every` the last vector step (from step - num_envs to step) passed."""
+    return step // every - (step - num_envs) // every
 
 
 def build_networks(args: Args, num_actions: int, device) -> tuple[Encoder, QNetwork]:
@@ -406,87 +486,24 @@ def build_networks(args: Args, num_actions: int, device) -> tuple[Encoder, QNetw
     per-gradient-step EMA is kept (ppo_relative.py does the same once per PPO iteration)."""
     anchor_ema = args.anchor_ema**args.anchor_update_frequency
     encoder = Encoder(args.frame_stack, args.relative, args.num_anchors, anchor_ema, args.anchor_standardize)
+    # NHWC convolution weights: 1.06x (fp32) / 1.08x (bf16) training steps per CPU-second (benchmarks/ddqn_sps.py
+    # --components); the parameters' values and names are unchanged, checkpoints load into contiguous encoders
+    encoder.cnn.to(memory_format=torch.channels_last)
     return encoder.to(device), QNetwork(encoder.latent_dim, num_actions).to(device)
 
 
-def checkpoint_metadata(args: Args, num_actions: int, latent_dim: int, global_step: int) -> dict:
-    return {
-        "algorithm": "ddqn",
-        "bg_color": args.bg_color,
-        "task": args.task,
-        "reward": "standard",
-        "frame_stack": args.frame_stack,
-        "num_actions": num_actions,
-        "relative": args.relative,
-        "anchor_set_id": anchor_recipe(args).set_id if args.relative else None,
-        "num_anchors": args.num_anchors if args.relative else None,
-        "anchor_standardize": args.relative and args.anchor_standardize,
-        "latent_dim": latent_dim,
-        "seed": args.seed,
-        "global_step": global_step,
-        "args": asdict(args),
-    }
-
-
-def save_checkpoint(path: str, encoder: Encoder, q_network: QNetwork, metadata: dict, training_state: dict) -> None:
-    """Atomic (docs/checkpoints.md): a temporary file in the same directory, then os.replace."""
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "encoder": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
-        "policy": {k: v.detach().cpu() for k, v in q_network.state_dict().items()},
-        "metadata": metadata,
-        "training_state": training_state,
-    }
-    fd, tmp_path = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
-REQUIRED_METADATA = (
-    "algorithm", "bg_color", "task", "reward", "frame_stack", "num_actions", "relative", "anchor_set_id",
-    "num_anchors", "anchor_standardize", "latent_dim", "seed", "global_step", "args",
-)
-
-
 def load_checkpoint(path: str) -> dict:
-    """Load a DDQN checkpoint of the collection (docs/checkpoints.md) on the CPU with weights_only=True.
-
-    `path` is `runs/{run_name}/agent.pt` or its directory. Any problem (missing file, not a torch file,
-    another format, missing keys, another algorithm) raises a ValueError with a one-line message."""
-    accepted = f"accepted: a runs/{{run_name}}/{CHECKPOINT_FILE} of ddqn_relative.py in format {CHECKPOINT_FORMAT!r}"
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path!r} does not exist; {accepted}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"checkpoint {path!r} is not a loadable torch file ({reason}); {accepted}") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"checkpoint {path!r} has format {found!r}; {accepted}")
-    missing = [k for k in ("encoder", "policy", "metadata", "training_state") if not isinstance(checkpoint.get(k), dict)]
-    if not missing:
-        missing = [f"metadata.{k}" for k in REQUIRED_METADATA if k not in checkpoint["metadata"]]
-    if missing:
-        raise ValueError(f"checkpoint {path!r} lacks {', '.join(missing)}; {accepted}")
+    """A validated DDQN checkpoint (`runs/{run_name}/agent.pt` or its folder); any problem is a one-line ValueError."""
+    checkpoint = load_agent_checkpoint(path)
     if checkpoint["metadata"]["algorithm"] != "ddqn":
-        raise ValueError(f"checkpoint {path!r} holds a {checkpoint['metadata']['algorithm']!r} agent; {accepted}")
+        raise ValueError(f"{path!r} holds a {checkpoint['metadata']['algorithm']!r} agent; accepted: a ddqn_relative.py "
+                         f"runs/{{run_name}}/{AGENT_FILE}")
     return checkpoint
 
 
 def agent_from_checkpoint(checkpoint: dict, device="cpu") -> tuple[Encoder, QNetwork]:
     """Rebuild the encoder and Q-head of a checkpoint from its metadata; a mismatch is a one-line ValueError."""
-    metadata = checkpoint["metadata"]
-    saved = metadata["args"]
+    metadata, saved = checkpoint["metadata"], checkpoint["metadata"]["args"]
     encoder = Encoder(metadata["frame_stack"], metadata["relative"], metadata["num_anchors"] or saved["num_anchors"],
                       saved["anchor_ema"], metadata["anchor_standardize"]).to(device)
     q_network = QNetwork(metadata["latent_dim"], metadata["num_actions"]).to(device)
@@ -499,11 +516,11 @@ def agent_from_checkpoint(checkpoint: dict, device="cpu") -> tuple[Encoder, QNet
 
 
 @torch.no_grad()
-def evaluate(encoder: Encoder, q_network: QNetwork, bg_color: str, task: str, frame_stack: int, episodes: int, seed: int,
-             device, video_dir: Optional[str] = None) -> list[float]:
-    """Greedy (argmax Q, epsilon = 0) episodes on fresh tracks `seed`, `seed + 1`, ...; returns the episodic
-    returns. `video_dir` receives one GIF of the agent's view per episode."""
-    env = make_color_car_racing(bg_color, task, frame_stack)
+def evaluate(encoder: Encoder, q_network: QNetwork, args: Args, episodes: int, seed: int, device,
+             video_dir: Optional[str] = None) -> list[float]:
+    """Greedy (argmax Q, epsilon = 0) whole episodes with the run's action repeat on fresh tracks `seed`, `seed + 1`,
+    ...; returns the episodic returns. `video_dir` receives one GIF of the agent's view per episode."""
+    env = make_env(args, patience=0)
     returns = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -523,29 +540,9 @@ def evaluate(encoder: Encoder, q_network: QNetwork, bg_color: str, task: str, fr
     return returns
 
 
-# flags that may differ from the checkpoint's when resuming; every other flag must match it (or be left out)
-RESUME_FREE_FLAGS = ("resume", "total_timesteps", "cuda", "torch_threads", "save_every", "eval_episodes", "capture_video", "runs_dir")
-
-
-def resumed_args(cli: Args, checkpoint: dict) -> Args:
-    """The checkpoint's Args, with the flags of RESUME_FREE_FLAGS taken from the command line (a larger
-    --total-timesteps extends the run). Any other flag given with a value unlike the checkpoint's is an error."""
-    stored, defaults = checkpoint["metadata"]["args"], Args()
-    free = ", ".join("--" + name.replace("_", "-") for name in RESUME_FREE_FLAGS[1:])
-    values = {}
-    for f in fields(Args):
-        name, given = f.name, getattr(cli, f.name)
-        if name in RESUME_FREE_FLAGS:
-            use_cli = name != "total_timesteps" or given != defaults.total_timesteps
-            values[name] = given if use_cli or name not in stored else stored[name]
-        elif name in stored:
-            if given != getattr(defaults, name) and given != stored[name]:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} {given!r} differs from the resumed run's {stored[name]!r}; "
-                    f"accepted: leave it out or pass the stored value (only {free} may change)"
-                )
-            values[name] = stored[name]
-    return Args(**values)
+# run flags that may change on --resume (nanoGPT style); every other flag comes from the checkpoint
+RESUME_FREE_FLAGS = ("resume", "total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
+                     "capture_video", "runs_dir")
 
 
 if __name__ == "__main__":
@@ -554,65 +551,79 @@ if __name__ == "__main__":
         checkpoint = None
         if args.resume is not None:
             checkpoint = load_checkpoint(args.resume)
-            args = resumed_args(args, checkpoint)
+            # nanoGPT-style resume: every flag comes from the checkpoint, except RESUME_FREE_FLAGS from the command line
+            stored, given, defaults = checkpoint["metadata"]["args"], vars(args), vars(Args())
+            for name in (stored.keys() & given.keys()) - set(RESUME_FREE_FLAGS):
+                if given[name] not in (defaults[name], stored[name]):
+                    free = ", ".join("--" + n.replace("_", "-") for n in RESUME_FREE_FLAGS[1:])
+                    raise ValueError(f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's "
+                                     f"{stored[name]!r}; accepted: leave it out or pass the stored value (only {free} "
+                                     "may change)")
+                given[name] = stored[name]
+            if given["total_timesteps"] == defaults["total_timesteps"]:  # not given: the stored budget
+                given["total_timesteps"] = stored["total_timesteps"]
+            args = Args(**given)
             if checkpoint["metadata"]["global_step"] >= args.total_timesteps:
-                raise ValueError(
-                    f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
-                    f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it"
-                )
+                raise ValueError(f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
+                                 f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it")
+        if args.task == "far":  # the alias of the far view of the standard task
+            args.view, args.task = resolve_view_task(args.view, args.task)
         validate_args(args)
-        # anchor frames of the run's own colour and task (seed 001 §3.1): the same states for every colour
-        anchor_set = None
-        if args.relative:
-            anchor_set = load_anchor_set(args.bg_color, args.task, recipe=anchor_recipe(args))
-            if checkpoint is not None and checkpoint["metadata"]["anchor_set_id"] != anchor_set.set_id:
-                raise ValueError(
-                    f"--resume {args.resume!r} used anchor set {checkpoint['metadata']['anchor_set_id']!r}, this "
-                    f"installation builds {anchor_set.set_id!r}; accepted: a checkpoint of the current anchor recipe"
-                )
+        if checkpoint is None:
+            view_name = "" if args.view == "near" else f"-{args.view}"
+            run_name = (f"ColorCarRacing-{args.bg_color.lstrip('#').lower()}{view_name}-{args.task}__{args.exp_name}__"
+                        f"{args.seed}__{int(time.time())}")
+            run_dir = os.path.join(ensure_writable_dir(args.runs_dir, "--runs-dir"), run_name)
+        else:  # continue logging next to the checkpoint
+            run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume))
+            run_name = os.path.basename(os.path.abspath(run_dir))
+            ensure_writable_dir(run_dir, "--resume")
+        # anchor frames of the run's own colour and view (workshop paper §3.1): the same states for every colour
+        recipe = AnchorRecipe(steps_per_track=args.anchor_steps_per_track, num_anchors=args.num_anchors)
+        anchor_set = load_anchor_set(args.bg_color, view=args.view, recipe=recipe) if args.relative else None
+        if anchor_set is not None:
+            print(f"anchor set {anchor_set.set_id} ({args.bg_color}, {args.view} view): {anchor_set.source}")
+        if checkpoint is not None and args.relative and checkpoint["metadata"]["anchor_set_id"] != anchor_set.set_id:
+            raise ValueError(f"--resume {args.resume!r} used anchor set {checkpoint['metadata']['anchor_set_id']!r}, this "
+                             f"installation builds {anchor_set.set_id!r}; accepted: a checkpoint of the current anchor recipe")
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
 
-    # Seeding (CleanRL): random, numpy and torch; one numpy Generator drives exploration and replay sampling.
+    # TRY NOT TO MODIFY: seeding (CleanRL); one numpy Generator drives exploration and replay sampling
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     rng = np.random.default_rng(args.seed)
-
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.precision == "auto":
+        args.precision = "bf16" if native_bf16(device) else "fp32"
+    # mixed precision: the batch forward passes (gradient steps, anchor EMA) under bf16 autocast; weights, Adam state,
+    # TD targets and losses stay fp32. Acting on one observation stays fp32: at batch 1 the CPU's bf16 path is slower
+    # (9.0 vs 5.3 ms per forward, benchmarks/ddqn_sps.py --components: the weights are converted at every call)
+    amp = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     anchor_frames = torch.from_numpy(anchor_set.frames).to(device) if anchor_set is not None else None
 
-    if checkpoint is None:
-        color_name = args.bg_color.lstrip("#").lower()
-        run_name = f"ColorCarRacing-{color_name}-{args.task}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = os.path.join(args.runs_dir, run_name)
-    else:  # continue logging next to the checkpoint
-        run_dir = os.path.dirname(os.path.abspath(os.path.join(args.resume, CHECKPOINT_FILE) if os.path.isdir(args.resume) else args.resume))
-        run_name = os.path.basename(run_dir)
-    checkpoint_path = os.path.join(run_dir, CHECKPOINT_FILE)
-    writer = SummaryWriter(run_dir)
-    if checkpoint is None:
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-        )
+    checkpoint_path = os.path.join(run_dir, AGENT_FILE)
+    global_step = 0 if checkpoint is None else checkpoint["metadata"]["global_step"]
+    # a resumed run drops the TensorBoard events logged after its checkpoint, so the curves do not overlap
+    writer = SummaryWriter(run_dir, purge_step=None if checkpoint is None else global_step + 1)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     # env setup: gymnasium 1.x vector env, autoreset on the NEXT step (see the replay memory)
-    envs = gym.vector.SyncVectorEnv([make_env(args.bg_color, args.task, args.frame_stack) for _ in range(args.num_envs)])
+    envs = gym.vector.SyncVectorEnv([lambda: make_env(args, args.progress_patience) for _ in range(args.num_envs)])
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
-    num_actions = int(envs.single_action_space.n)
+    num_actions = int(envs.single_action_space.n)  # exploration draws from the env's own action space
 
     encoder, q_network = build_networks(args, num_actions, device)
     optimizer = torch.optim.Adam(list(encoder.parameters()) + list(q_network.parameters()), lr=args.learning_rate)
     target_encoder, target_network = build_networks(args, num_actions, device)
-    global_step, num_updates = 0, 0
+    num_updates = 0
     if checkpoint is None:
-        # Anchor embeddings start from the untrained encoder (R3L); the EMA then follows the training encoder.
-        if args.relative:
-            encoder.update_anchors(anchor_frames)
+        if args.relative:  # anchor embeddings start from the untrained encoder (R3L); the EMA then follows it
+            with amp():
+                encoder.update_anchors(anchor_frames)
         target_encoder.load_state_dict(encoder.state_dict())
         target_network.load_state_dict(q_network.state_dict())
     else:
@@ -623,106 +634,125 @@ if __name__ == "__main__":
             target_encoder.load_state_dict(state["target_encoder"])
             target_network.load_state_dict(state["target_network"])
             optimizer.load_state_dict(state["optimizer"])
-            global_step, num_updates = state["global_step"], state["num_updates"]
+            num_updates = state["num_updates"]
             torch.set_rng_state(state["torch_rng"])
             rng.bit_generator.state = state["numpy_rng"]
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            print(f"error: --resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
-                  "accepted: an unmodified ddqn_relative.py checkpoint", file=sys.stderr)
-            sys.exit(2)
-        print(f"resumed {run_name} at global_step={global_step}; refilling the replay memory ({args.learning_starts} transitions)")
+            fail(f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
+                 "accepted: an unmodified ddqn_relative.py checkpoint")
+        tqdm.write(f"resumed {run_name} at global_step={global_step}; refilling the replay memory "
+                   f"({args.learning_starts} transitions before the next gradient step)")
 
     def write_checkpoint():
+        """The r3l-agent-v1 contract (docs/checkpoints.md), fp32 CPU tensors whatever the precision, written atomically."""
+        target = agent_payload(target_encoder, target_network, {}, {})
         training_state = {
-            "target_encoder": {k: v.detach().cpu() for k, v in target_encoder.state_dict().items()},
-            "target_network": {k: v.detach().cpu() for k, v in target_network.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "global_step": global_step,
-            "num_updates": num_updates,
-            "torch_rng": torch.get_rng_state(),
+            "target_encoder": target["encoder"], "target_network": target["policy"], "optimizer": optimizer.state_dict(),
+            "global_step": global_step, "num_updates": num_updates, "torch_rng": torch.get_rng_state(),
             "numpy_rng": rng.bit_generator.state,
         }
-        save_checkpoint(checkpoint_path, encoder, q_network,
-                        checkpoint_metadata(args, num_actions, encoder.latent_dim, global_step), training_state)
+        metadata = {
+            "algorithm": "ddqn", "bg_color": args.bg_color, "view": args.view, "task": args.task, "reward": "standard",
+            "frame_stack": args.frame_stack, "num_actions": num_actions, "relative": args.relative,
+            "anchor_set_id": anchor_set.set_id if args.relative else None,
+            "num_anchors": args.num_anchors if args.relative else None,
+            "anchor_standardize": args.relative and args.anchor_standardize, "latent_dim": encoder.latent_dim,
+            "seed": args.seed, "global_step": global_step, "args": asdict(args),
+        }
+        save_atomic(agent_payload(encoder, q_network, metadata, training_state), checkpoint_path)
 
     rb = FrameReplayBuffer(args.buffer_size, args.num_envs, args.frame_stack)
     start_time, start_step = time.time(), global_step
-    # A resumed run cannot restore the envs' states: it starts new episodes on other tracks.
-    obs, _ = envs.reset(seed=args.seed + global_step)
+    obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts new episodes on other tracks
     rb.start(obs)
     episode_start = np.zeros(args.num_envs, dtype=np.bool_)
-    iteration = 0
-    while global_step < args.total_timesteps:
-        iteration += 1
-        global_step += args.num_envs
-        # Epsilon-greedy with a linear schedule, drawn per env.
-        epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
-        explore = rng.random(args.num_envs) < epsilon
-        actions = rng.integers(num_actions, size=args.num_envs)
-        if not explore.all():
-            with torch.no_grad():
-                greedy = q_network.greedy_action(encoder(torch.as_tensor(obs, device=device))).cpu().numpy()
-            actions = np.where(explore, actions, greedy)
-
-        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        if "episode" in infos:
-            for i in np.flatnonzero(infos["_episode"]):
-                print(f"global_step={global_step}, episodic_return={infos['episode']['r'][i]:.1f}")
-                writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
-                writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
-        # The step after a done is the autoreset step: its observation is a reset, not a transition.
-        rb.add(next_obs, actions, rewards, terminations, episode_start)
-        episode_start = terminations | truncations
-        obs = next_obs
-
-        if len(rb) >= args.learning_starts:
-            # One gradient step per `train_frequency` environment steps (several per iteration with many envs).
-            for _ in range(global_step // args.train_frequency - (global_step - args.num_envs) // args.train_frequency):
-                data = rb.sample(args.batch_size, rng)
-                obs_b, next_obs_b = (torch.as_tensor(data[k], device=device) for k in ("obs", "next_obs"))
-                actions_b = torch.as_tensor(data["actions"], device=device)
-                rewards_b = torch.as_tensor(data["rewards"], device=device)
-                terminations_b = torch.as_tensor(data["terminations"], dtype=torch.float32, device=device)
+    recent_returns = deque(maxlen=20)
+    progress = tqdm(total=args.total_timesteps, initial=global_step, unit="step", dynamic_ncols=True)
+    with GracefulStop() as stop:
+        while global_step < args.total_timesteps:
+            global_step += args.num_envs
+            # ALGO LOGIC: epsilon-greedy action with a linear schedule, drawn per env
+            epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
+            explore = rng.random(args.num_envs) < epsilon
+            actions = rng.integers(num_actions, size=args.num_envs)
+            if not explore.all():
                 with torch.no_grad():
-                    td_target = double_dqn_target(rewards_b, terminations_b, q_network(encoder(next_obs_b)),
-                                                  target_network(target_encoder(next_obs_b)), args.gamma)
-                q_values = q_network(encoder(obs_b)).gather(1, actions_b[:, None]).squeeze(1)
-                loss = F.smooth_l1_loss(q_values, td_target)  # Huber loss on the TD error
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                num_updates += 1
-                # Anchor EMA (R3L) every `anchor_update_frequency` gradient steps, with coefficient a^K (see
-                # build_networks): encoding all anchors costs num_anchors / (3 * batch_size) times the forward
-                # passes of a gradient step (~33 at the defaults), and the EMA moves them slowly anyway.
-                if args.relative and num_updates % args.anchor_update_frequency == 0:
-                    encoder.update_anchors(anchor_frames)
-                if num_updates % 100 == 0:
-                    writer.add_scalar("losses/td_loss", loss.item(), global_step)
-                    writer.add_scalar("losses/q_values", q_values.mean().item(), global_step)
-                    writer.add_scalar("charts/epsilon", epsilon, global_step)
-                    sps = int((global_step - start_step) / (time.time() - start_time))
-                    print("SPS:", sps)
-                    writer.add_scalar("charts/SPS", sps, global_step)
-            # Hard target update every `target_network_frequency` env steps; the target encoder's anchor
-            # embeddings are part of its state dict, so they are copied too.
-            if global_step // args.target_network_frequency != (global_step - args.num_envs) // args.target_network_frequency:
-                target_encoder.load_state_dict(encoder.state_dict())
-                target_network.load_state_dict(q_network.state_dict())
+                    greedy = q_network.greedy_action(encoder(torch.as_tensor(obs, device=device))).cpu().numpy()
+                actions = np.where(explore, actions, greedy)
 
-        if args.save_every > 0 and iteration % args.save_every == 0 and global_step < args.total_timesteps:
-            write_checkpoint()
+            # TRY NOT TO MODIFY: execute the game and log data
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            if "episode" in infos:
+                for i in np.flatnonzero(infos["_episode"]):
+                    recent_returns.append(float(infos["episode"]["r"][i]))
+                    writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
+                    writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
+            # the step after a done is the autoreset step: its observation is a reset, not a transition
+            rb.add(next_obs, actions, rewards, terminations, episode_start)
+            episode_start = terminations | truncations
+            obs = next_obs
+
+            # ALGO LOGIC: training
+            if len(rb) >= args.learning_starts:
+                # one gradient step per `train_frequency` environment steps (several per iteration with many envs)
+                for _ in range(crossed(global_step, args.num_envs, args.train_frequency)):
+                    data = rb.sample(args.batch_size, rng)
+                    obs_b, next_obs_b = (torch.as_tensor(data[k], device=device) for k in ("obs", "next_obs"))
+                    actions_b = torch.as_tensor(data["actions"], device=device)
+                    rewards_b = torch.as_tensor(data["rewards"], device=device)
+                    terminations_b = torch.as_tensor(data["terminations"], dtype=torch.float32, device=device)
+                    with torch.no_grad(), amp():
+                        next_q_online = q_network(encoder(next_obs_b))
+                        next_q_target = target_network(target_encoder(next_obs_b))
+                    # Double-DQN target and Huber loss in fp32 whatever the forward precision
+                    td_target = double_dqn_target(rewards_b, terminations_b, next_q_online.float(), next_q_target.float(),
+                                                  args.gamma)
+                    with amp():
+                        q_all = q_network(encoder(obs_b))
+                    q_values = q_all.float().gather(1, actions_b[:, None]).squeeze(1)
+                    loss = F.smooth_l1_loss(q_values, td_target)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    num_updates += 1
+                    # anchor EMA (R3L) every `anchor_update_frequency` gradient steps with coefficient a^K (build_networks):
+                    # encoding all anchors costs num_anchors / (3 * batch_size) times the forwards of a gradient step
+                    if args.relative and num_updates % args.anchor_update_frequency == 0:
+                        with amp():
+                            encoder.update_anchors(anchor_frames)
+                    if num_updates % 100 == 0:
+                        sps = int((global_step - start_step) / (time.time() - start_time))
+                        writer.add_scalar("losses/td_loss", loss.item(), global_step)
+                        writer.add_scalar("losses/q_values", q_values.mean().item(), global_step)
+                        writer.add_scalar("charts/epsilon", epsilon, global_step)
+                        writer.add_scalar("charts/SPS", sps, global_step)
+                        recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
+                        progress.set_postfix_str(f"SPS={sps} return(last {len(recent_returns)})={recent} eps={epsilon:.2f}",
+                                                 refresh=False)
+                # hard target update every `target_network_frequency` env steps (anchor embeddings included)
+                if crossed(global_step, args.num_envs, args.target_network_frequency):
+                    target_encoder.load_state_dict(encoder.state_dict())
+                    target_network.load_state_dict(q_network.state_dict())
+            progress.update(args.num_envs)
+
+            saving_due = args.save_every > 0 and crossed(global_step, args.num_envs, args.save_every)
+            if stop.requested or (saving_due and global_step < args.total_timesteps):
+                write_checkpoint()
+            if stop.requested:
+                progress.close()
+                stop.exit(f"checkpoint at {checkpoint_path} (global_step={global_step}); "
+                          f"resume with: python ddqn_relative.py --resume {checkpoint_path}")
 
     write_checkpoint()
+    progress.close()
     envs.close()
     sps = (global_step - start_step) / (time.time() - start_time)
     print(f"checkpoint saved to {checkpoint_path} (global_step={global_step}, SPS={sps:.2f})")
     if args.eval_episodes > 0:
         video_dir = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(encoder, q_network, args.bg_color, args.task, args.frame_stack, args.eval_episodes,
-                                args.seed + 10_000, device, video_dir=video_dir)
+        eval_returns = evaluate(encoder, q_network, args, args.eval_episodes, args.seed + 10_000, device, video_dir)
         for episode, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
         print(f"eval_return_mean={np.mean(eval_returns):.2f} eval_return_std={np.std(eval_returns):.2f} "
-              f"({args.eval_episodes} greedy episodes on tracks {args.seed + 10_000}..)")
+              f"({args.eval_episodes} greedy episode{'s' if args.eval_episodes > 1 else ''} from track {args.seed + 10_000})")
     writer.close()
