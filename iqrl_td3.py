@@ -55,9 +55,9 @@ class Args:
     """if toggled, cuda will be used when available"""
     torch_threads: int = 1
     """CPU threads torch may use (1 measured fastest per core on a shared 2-core machine; see docs)"""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """bf16: autocast forward passes (fp32 weights, optimiser state, losses, checkpoints); auto = bf16 if the
-    device computes bf16 natively (CUDA with bf16, CPU with AMX-BF16 or AVX512-BF16), else fp32"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: autocast forward passes (fp32 weights, optimiser state, value head, losses, checkpoints). Default fp32:
+    bf16 is faster only at wide sizes on AMX/bf16 hardware and its learning parity is not shown (docs/iqrl_td3.md)"""
     runs_dir: str = "runs"
     """folder that receives `{runs_dir}/{run_name}/` (TensorBoard logs and the checkpoint agent.pt)"""
     resume: Optional[str] = None
@@ -189,7 +189,7 @@ class FSQ(nn.Module):
 def mlp(in_dim: int, hidden_dims: List[int], out_dim: int, layer_norm: bool = True) -> nn.Sequential:
     layers, dim = [], in_dim
     for hidden in hidden_dims:
-        layers += [nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.Mish()] if layer_norm else [nn.Linear(dim, hidden), nn.ReLU()]
+        layers += [nn.Linear(dim, hidden), *((nn.LayerNorm(hidden), nn.Mish()) if layer_norm else (nn.ReLU(),))]
         dim = hidden
     layers.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*layers)
@@ -269,7 +269,9 @@ class CriticEnsemble(nn.Module):
                 x = F.mish(F.layer_norm(x, x.shape[-1:]) * ln_w + ln_b)
             else:
                 x = F.relu(x)
-        weight, bias = (self.weights[-1], self.biases[-1]) if members is None else (self.weights[-1][members], self.biases[-1][members])
+        weight, bias = self.weights[-1], self.biases[-1]
+        if members is not None:
+            weight, bias = weight[members], bias[members]
         # the value head stays fp32 under bf16 autocast: bf16's 8-bit mantissa would round Q ~ 500 to steps of 2
         with torch.autocast(x.device.type, enabled=False):
             return torch.baddbmm(bias, x.float(), weight).squeeze(-1)
@@ -332,17 +334,6 @@ class SequenceReplayBuffer:
         return {"obs": self.obs[idx], "actions": self.actions[idx], "rewards": self.rewards[idx],
                 "next_obs": self.next_obs[idx], "terminated": self.terminated[idx], "valid": valid}  # fmt: skip
 
-    def state_dict(self) -> dict:
-        """The written part as tensors, plus the write pointer and the sampler's RNG state."""
-        stored = {name: torch.from_numpy(getattr(self, name)[: self.size].copy()) for name in self.FIELDS}
-        return {**stored, "pos": self.pos, "size": self.size, "rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict):
-        self.pos, self.size = int(state["pos"]), int(state["size"])
-        for name in self.FIELDS:
-            getattr(self, name)[: self.size] = state[name].numpy()
-        self.rng.bit_generator.state = state["rng"]
-
 
 def n_step_targets(rewards: torch.Tensor, terminated: torch.Tensor, valid: torch.Tensor, gamma: float, n_step: int):
     """n-step return pieces for sequences [B, L >= n_step] starting at t (paper's critic target y).
@@ -372,7 +363,8 @@ def representation_diagnostics(encoder: Encoder, obs: torch.Tensor) -> dict:
 
     def ranks(z: torch.Tensor, name: str) -> dict:
         s = torch.linalg.svdvals(z)
-        return {f"{name}/tol{tol:.0e}": (s > max(tol, tol * s[0].item())).sum().item() / z.shape[1] for tol in (1e-1, 1e-2, 1e-3)}
+        return {f"{name}/tol{tol:.0e}": (s > max(tol, tol * s[0].item())).sum().item() / z.shape[1]
+                for tol in (1e-1, 1e-2, 1e-3)}
 
     s = torch.linalg.svdvals(pre)
     out = {**ranks(pre, "rank_pre_fsq"), "condition_number_pre_fsq": (s[0] / s[-1]).item()}
@@ -384,13 +376,6 @@ def representation_diagnostics(encoder: Encoder, obs: torch.Tensor) -> dict:
         out.update({"codebook_usage_mean": used.mean().item(), "codebook_usage_min": used.min().item(),
                     "codebook_usage_max": used.max().item()})  # fmt: skip
     return out
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether the device computes bf16 matmuls in hardware: CUDA with bf16 support, CPU with AMX-BF16/AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
 def resolve_args(args: Args) -> Args:
@@ -414,22 +399,26 @@ def resolve_args(args: Args) -> Args:
         if value < 1:
             raise ValueError(f"bad --{flag} {value}; accepted: an integer >= 1")
     checks = [
-        (min(args.fsq_levels, default=0) >= 2, "--fsq-levels", args.fsq_levels, "one or more integers >= 2, e.g. 8 8 or 8 6 5"),
+        (min(args.fsq_levels, default=0) >= 2, "--fsq-levels", args.fsq_levels,
+         "one or more integers >= 2, e.g. 8 8 or 8 6 5"),
         (0.0 < args.rho <= 1.0, "--rho", args.rho, "a float in (0, 1]"),
         (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
         (0.0 < args.tau <= 1.0, "--tau", args.tau, "a float in (0, 1]"),
         (0.0 < args.enc_tau <= 1.0, "--enc-tau", args.enc_tau, "a float in (0, 1]"),
-        (args.buffer_size > max(args.horizon, args.n_step), "--buffer-size", args.buffer_size, "an integer > max(--horizon, --n-step)"),
+        (args.buffer_size > max(args.horizon, args.n_step), "--buffer-size", args.buffer_size,
+         "an integer > max(--horizon, --n-step)"),
         (min(args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end) >= 0,
          "--policy-noise/--noise-clip/--exploration-noise-*",
-         (args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end), "non-negative floats"),
+         (args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end),
+         "non-negative floats"),
         (min(args.mlp_dims) >= 1, "--mlp-dims", args.mlp_dims, "one or more positive integers"),
         (min(args.enc_mlp_dims, default=1) >= 1, "--enc-mlp-dims", args.enc_mlp_dims, "positive integers"),
         (args.num_sampled_critics <= args.num_critics, "--num-sampled-critics", args.num_sampled_critics,
          f"an integer in [1, --num-critics {args.num_critics}]"),
         (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
         (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (environment steps; 0: only at the end)"),
-        (args.encoder or args.fsq, "--no-encoder with --no-fsq", "both set", "at most one of the two (--no-encoder has no FSQ)"),
+        (args.encoder or args.fsq, "--no-encoder with --no-fsq", "both set",
+         "at most one of the two (--no-encoder has no FSQ)"),
         (args.total_timesteps > args.learning_starts, "--total-timesteps", args.total_timesteps,
          f"more than --learning-starts {args.learning_starts}, or the run makes zero gradient steps"),
     ]
@@ -447,17 +436,6 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
     return env
-
-
-def load_checkpoint(path: str, flag: str) -> dict:
-    """Read an agent.pt of this script (the file or its run folder); one-line ValueError otherwise."""
-    accepted = f"accepted: a {{runs_dir}}/{{run_name}}/{CHECKPOINT_FILE} written by iqrl_td3.py"
-    path = os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
-    checkpoint = load_torch_file(path, f"{flag}: {accepted}")
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{flag} {path!r} is not an {CHECKPOINT_FORMAT!r} checkpoint; {accepted}")
-    checkpoint["path"] = path
-    return checkpoint
 
 
 @torch.no_grad()
@@ -483,14 +461,20 @@ if __name__ == "__main__":
     try:
         checkpoint = None
         if cli.resume is not None or cli.eval_checkpoint is not None:
-            flag = "--resume" if cli.resume is not None else "--eval-checkpoint"
-            checkpoint = load_checkpoint(cli.resume or cli.eval_checkpoint, flag)
+            flag, path = ("--resume", cli.resume) if cli.resume is not None else ("--eval-checkpoint", cli.eval_checkpoint)
+            accepted = f"accepted: a {{runs_dir}}/{{run_name}}/{CHECKPOINT_FILE} written by iqrl_td3.py"
+            path = os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
+            checkpoint = load_torch_file(path, f"{flag}: {accepted}")
+            if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"{flag} {path!r} is not an {CHECKPOINT_FORMAT!r} checkpoint; {accepted}")
             saved, defaults = checkpoint["args"], asdict(Args())
             for name, value in asdict(cli).items():  # a changed architecture flag cannot silently be ignored
-                if name not in RESUMABLE and name != "eval_checkpoint" and value != defaults[name] and value != saved.get(name):
+                changed = value != defaults[name] and value != saved.get(name)
+                if changed and name not in RESUMABLE and name != "eval_checkpoint":
                     raise ValueError(f"--{name.replace('_', '-')} {value} differs from the checkpoint's {saved.get(name)}; "
                                      f"accepted on {flag}: only --{', --'.join(n.replace('_', '-') for n in RESUMABLE)}")
-            args = Args(**{**saved, **{name: getattr(cli, name) for name in RESUMABLE}, "eval_checkpoint": cli.eval_checkpoint})
+            args = Args(**{**saved, **{name: getattr(cli, name) for name in RESUMABLE},
+                           "eval_checkpoint": cli.eval_checkpoint})
         else:
             args = cli
         args = resolve_args(args)
@@ -498,11 +482,11 @@ if __name__ == "__main__":
             raise ValueError(f"bad --total-timesteps {args.total_timesteps}; accepted: more than the checkpoint's "
                              f"global_step {checkpoint['global_step']}")
         device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-        bf16 = args.precision == "bf16" or (args.precision == "auto" and bf16_native(device))
+        bf16 = args.precision == "bf16"
         torch.set_num_threads(args.torch_threads)
         env = make_env(args.env_id, args.seed)
         if args.eval_checkpoint is None:
-            run_dir = (os.path.dirname(checkpoint["path"]) if checkpoint is not None else
+            run_dir = (os.path.dirname(path) if checkpoint is not None else
                        os.path.join(args.runs_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"))
             ensure_writable_dir(run_dir, "--resume" if checkpoint is not None else "--runs-dir")
     except ValueError as e:
@@ -518,7 +502,7 @@ if __name__ == "__main__":
     action_low, action_high = env.action_space.low, env.action_space.high
     iqrl = args.algo == "iqrl"
     has_encoder = iqrl and args.encoder
-    mode = "td3" if not iqrl else ("iqrl" if args.encoder and args.fsq else ("iqrl-no-fsq" if args.encoder else "iqrl-no-encoder"))
+    mode = "td3" if not iqrl else ("iqrl-no-encoder" if not args.encoder else ("iqrl" if args.fsq else "iqrl-no-fsq"))
     encoder = Encoder(obs_dim, args).to(device)
     latent_dim = encoder.latent_dim
     actor = Actor(latent_dim, act_dim, args, action_low, action_high).to(device)
@@ -530,11 +514,14 @@ if __name__ == "__main__":
     if has_encoder:
         dynamics = LatentDynamics(latent_dim, act_dim, args).to(device)
         representation_params = list(encoder.parameters()) + list(dynamics.parameters())
-        optimizers["representation"] = torch.optim.AdamW(representation_params, lr=args.enc_lr, weight_decay=args.enc_weight_decay)
+        optimizers["representation"] = torch.optim.AdamW(
+            representation_params, lr=args.enc_lr, weight_decay=args.enc_weight_decay
+        )
         target_encoder = Encoder(obs_dim, args).to(device).requires_grad_(False)  # momentum encoder e_bar (EMA of e_theta)
         modules.update(dynamics=dynamics, target_encoder=target_encoder)
     target_actor = Actor(latent_dim, act_dim, args, action_low, action_high).to(device).requires_grad_(False)
-    target_critics = CriticEnsemble(latent_dim + act_dim, args.mlp_dims, num_critics, layer_norm=iqrl).to(device).requires_grad_(False)
+    target_critics = CriticEnsemble(latent_dim + act_dim, args.mlp_dims, num_critics, layer_norm=iqrl).to(device)
+    target_critics.requires_grad_(False)
     modules.update(target_actor=target_actor, target_critics=target_critics)
     for online, target in (("encoder", "target_encoder"), ("actor", "target_actor"), ("critics", "target_critics")):
         if target in modules:
@@ -552,11 +539,15 @@ if __name__ == "__main__":
             module.load_state_dict(checkpoint["modules"][name])
         if args.eval_checkpoint is not None:
             returns = evaluate(encoder, actor, args.env_id, max(args.eval_episodes, 1), args.seed + 10_000, device, bf16)
-            print(f"eval {args.env_id} ({mode}): eval_return_mean={np.mean(returns):.2f} eval_return_std={np.std(returns):.2f}")
+            print(f"eval {args.env_id} ({mode}): eval_return_mean={np.mean(returns):.2f} "
+                  f"eval_return_std={np.std(returns):.2f}")
             raise SystemExit(0)
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(checkpoint["optimizers"][name])
-        rb.load_state_dict(checkpoint["replay"])
+        rb.pos, rb.size = checkpoint["replay"]["pos"], checkpoint["replay"]["size"]
+        for name in rb.FIELDS:
+            getattr(rb, name)[: rb.size] = checkpoint["replay"][name].numpy()
+        rb.rng.bit_generator.state = checkpoint["replay"]["rng"]
         rb.episode_end[(rb.pos - 1) % rb.capacity] = 1.0  # the interrupted episode is not continued: cut sequences there
         noise_rng.bit_generator.state, diag_rng.bit_generator.state = checkpoint["rng"]["noise"], checkpoint["rng"]["diag"]
         torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -569,8 +560,10 @@ if __name__ == "__main__":
     def save_checkpoint():
         fp32 = {name: {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in m.state_dict().items()}
                 for name, m in modules.items()}  # fmt: skip
+        replay = {name: torch.from_numpy(getattr(rb, name)[: rb.size].copy()) for name in rb.FIELDS}
+        replay.update(pos=rb.pos, size=rb.size, rng=rb.rng.bit_generator.state)
         save_atomic({"format": CHECKPOINT_FORMAT, "args": asdict(args), "mode": mode, "global_step": global_step,
-                     "num_updates": num_updates, "modules": fp32, "replay": rb.state_dict(),
+                     "num_updates": num_updates, "modules": fp32, "replay": replay,
                      "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
                      "rng": {"torch": torch.get_rng_state(), "noise": noise_rng.bit_generator.state,
                              "diag": diag_rng.bit_generator.state},
@@ -586,13 +579,13 @@ if __name__ == "__main__":
     if has_encoder:
         encoder_params, target_encoder_params = list(encoder.parameters()), list(target_encoder.parameters())
     amp = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
-    print(f"{mode} on {args.env_id}, precision {'bf16' if bf16 else 'fp32'}, run folder {run_dir}")
     start_step, start_updates, start_time, update_time = global_step, num_updates, time.time(), 0.0
     actor_loss = torch.tensor(float("nan"))  # logged before the first delayed actor step of a resumed run
 
     obs, _ = env.reset(seed=args.seed + global_step)
     progress = tqdm(total=args.total_timesteps, initial=global_step, unit="step", mininterval=2.0, dynamic_ncols=True)
     with GracefulStop() as stop:
+        print(f"{mode} on {args.env_id}, precision {'bf16' if bf16 else 'fp32'}, run folder {run_dir}")
         while global_step < args.total_timesteps:
             # ALGO LOGIC: put action logic here
             if global_step < args.learning_starts:
@@ -600,7 +593,8 @@ if __name__ == "__main__":
             else:
                 # exploration std decays linearly from start to end (in units of the action scale)
                 frac = min(1.0, (global_step - args.learning_starts) / args.exploration_noise_decay_steps)
-                exploration_std = args.exploration_noise_start + frac * (args.exploration_noise_end - args.exploration_noise_start)
+                noise_start, noise_end = args.exploration_noise_start, args.exploration_noise_end
+                exploration_std = noise_start + frac * (noise_end - noise_start)
                 with torch.no_grad(), amp:
                     action = actor(encoder(torch.as_tensor(obs, dtype=torch.float32, device=device)[None]))[0].cpu().numpy()
                 action = action + noise_rng.normal(0.0, exploration_std, size=act_dim) * action_scale.cpu().numpy()
@@ -650,7 +644,8 @@ if __name__ == "__main__":
                     z, z_bootstrap = encoder(torch.cat([batch["obs"][:, 0], bootstrap_obs])).split(args.batch_size)
                     # target policy smoothing: a~ = pi_bar(z') + clip(eps, -c, c) * scale, eps ~ N(0, sigma^2)
                     clipped_noise = (torch.randn_like(actions_t) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
-                    next_actions = (target_actor(z_bootstrap) + clipped_noise * action_scale).clamp(action_low_t, action_high_t)
+                    next_actions = target_actor(z_bootstrap) + clipped_noise * action_scale
+                    next_actions = next_actions.clamp(action_low_t, action_high_t)
                     # clipped double Q: min over 2 target critics (iQRL: 2 drawn from the ensemble, REDQ-style)
                     sampled = torch.randperm(num_critics, device=device)[: args.num_sampled_critics] if iqrl else None
                     min_q_next = target_critics(z_bootstrap, next_actions, sampled).float().min(0).values
@@ -694,7 +689,8 @@ if __name__ == "__main__":
                         writer.add_scalar("losses/representation_loss", rep_loss.item(), global_step)
                         writer.add_scalar("losses/encoder_grad_norm", enc_grad_norm.item(), global_step)
                         diag_obs = rb.obs[diag_rng.choice(rb.size, min(rb.size, latent_dim), replace=False)]
-                        for key, value in representation_diagnostics(encoder, torch.as_tensor(diag_obs, device=device)).items():
+                        diagnostics = representation_diagnostics(encoder, torch.as_tensor(diag_obs, device=device))
+                        for key, value in diagnostics.items():
                             writer.add_scalar(f"representation/{key}", value, global_step)
 
             global_step += 1

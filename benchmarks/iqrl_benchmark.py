@@ -29,7 +29,8 @@ import numpy as np
 import tyro
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = {"iqrl": [], "iqrl-no-fsq": ["--no-fsq"], "td3": ["--algo", "td3", "--mlp-dims", "256", "256"], "iqrl-fp32": ["--precision", "fp32"]}
+MODES = {"iqrl": [], "iqrl-no-fsq": ["--no-fsq"], "td3": ["--algo", "td3", "--mlp-dims", "256", "256"],
+         "iqrl-fp32": ["--precision", "fp32"]}
 
 
 @dataclass
@@ -44,12 +45,12 @@ class Args:
     """seeds of every (env, mode)"""
     parity_runs: List[str] = field(default_factory=lambda: ["Hopper-v5:iqrl-fp32:1", "Hopper-v5:iqrl-fp32:2"])
     """extra env:mode:seed runs queued after the main grid (the bf16-vs-fp32 learning pair)"""
-    total_timesteps: int = 10_000
+    total_timesteps: int = 5_000
     """environment steps per run"""
     flags: str = ("--learning-starts 2000 --mlp-dims 128 128 --enc-mlp-dims 128 --latent-dim 32 "
                   "--exploration-noise-decay-steps 5000 --log-every 500 --eval-episodes 5 --save-every 2000")
     """flags shared by every run, one string (td3 ignores the iQRL-only ones and keeps its 256-256 networks)"""
-    parallel: int = 4
+    parallel: int = 5
     """runs at the same time (one torch thread each)"""
     report: bool = False
     """only build the table and plots from the finished runs"""
@@ -76,7 +77,8 @@ def freeze_code(args: Args) -> str:
         shutil.copy(os.path.join(REPO_ROOT, "iqrl_td3.py"), code)
         shutil.copytree(os.path.join(REPO_ROOT, "envs"), os.path.join(code, "envs"), dirs_exist_ok=True)
         commit = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "iqrl_td3.py"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "iqrl_td3.py"],
+                               capture_output=True, text=True)
         with open(os.path.join(code, "COMMIT"), "w") as f:
             f.write(commit.strip() + (" (+ uncommitted iqrl_td3.py changes)" if dirty.stdout.strip() else "") + "\n")
     return os.path.join(code, "iqrl_td3.py")
@@ -93,7 +95,8 @@ def run_one(args: Args, script: str, env: str, mode: str, seed: int) -> str:
     if checkpoints:
         command += ["--resume", checkpoints[0]]
     else:
-        command += ["--env-id", env, "--seed", str(seed), "--runs-dir", os.path.join(folder, "runs"), *shlex.split(args.flags), *MODES[mode]]
+        command += ["--env-id", env, "--seed", str(seed), "--runs-dir", os.path.join(folder, "runs"),
+                    *shlex.split(args.flags), *MODES[mode]]
     start = time.time()
     with open(log, "a") as f:
         f.write(f"$ {' '.join(command)}\n")
