@@ -55,9 +55,10 @@ class Args:
     """if toggled, cuda will be used when available"""
     torch_threads: int = 1
     """CPU threads torch may use (1 measured fastest per core on a shared 2-core machine; see docs)"""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16: autocast forward passes (fp32 weights, optimiser state, value head, losses, checkpoints). Default fp32:
-    bf16 is faster only at wide sizes on AMX/bf16 hardware and its learning parity is not shown (docs/iqrl_td3.md)"""
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """bf16: autocast forward passes (fp32 weights, optimiser state, value head, losses, checkpoints); auto: bf16 where
+    the device computes it natively (CUDA with bf16, CPU with AMX or AVX512-BF16). Default fp32: bf16 pays only at
+    the paper's widths and its learning parity with fp32 is not shown (docs/iqrl_td3.md)"""
     runs_dir: str = "runs"
     """folder that receives `{runs_dir}/{run_name}/` (TensorBoard logs and the checkpoint agent.pt)"""
     resume: Optional[str] = None
@@ -378,6 +379,13 @@ def representation_diagnostics(encoder: Encoder, obs: torch.Tensor) -> dict:
     return out
 
 
+def native_bf16(device: torch.device) -> bool:
+    """The rule behind --precision auto: the device multiplies bf16 matrices natively."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
 def resolve_args(args: Args) -> Args:
     """Fill the algorithm-dependent defaults (None) and check every flag; raise a one-line ValueError if bad."""
     td3 = args.algo == "td3"
@@ -482,7 +490,7 @@ if __name__ == "__main__":
             raise ValueError(f"bad --total-timesteps {args.total_timesteps}; accepted: more than the checkpoint's "
                              f"global_step {checkpoint['global_step']}")
         device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-        bf16 = args.precision == "bf16"
+        bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
         torch.set_num_threads(args.torch_threads)
         env = make_env(args.env_id, args.seed)
         if args.eval_checkpoint is None:

@@ -15,6 +15,7 @@ edits of the working tree never mix into a running benchmark.
 """
 import glob
 import os
+import warnings
 import re
 import shlex
 import shutil
@@ -130,6 +131,7 @@ def report(args: Args):
     import matplotlib
 
     matplotlib.use("Agg")
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # nanmean/nanstd of grid points no seed reached
     import matplotlib.pyplot as plt
 
     lines, rows = [], []
@@ -166,31 +168,34 @@ def report(args: Args):
         f.write(text)
     print(text)
 
-    grid = np.linspace(0, args.total_timesteps, 25)
-    for kind, tag, ylabel in (("returns", "charts/episodic_return", "training episodic return"),
-                              ("rank", "representation/rank_pre_fsq/tol1e-02", "pre-FSQ rank / D (tol 1e-2)")):  # fmt: skip
-        fig, axes = plt.subplots(1, len(args.env_ids), figsize=(6 * len(args.env_ids), 4), squeeze=False)
-        for ax, env in zip(axes[0], args.env_ids):
-            for mode in args.modes + [m for m in sorted({m for _, m, _ in runs(args)}) if m not in args.modes]:
-                curves = []
-                for seed in sorted({s for e, m, s in runs(args) if e == env and m == mode}):
-                    steps, values = scalars(run_dir(args, env, mode, seed), tag)
-                    if len(steps) > 1:
-                        curves.append(np.interp(grid, steps, values, left=np.nan, right=np.nan))
-                if not curves:
-                    continue
-                curves = np.array(curves)
-                mean, std = np.nanmean(curves, 0), np.nanstd(curves, 0)
-                ax.plot(grid, mean, label=f"{mode} ({len(curves)} seeds)")
-                ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
-            ax.set_title(env)
-            ax.set_xlabel("environment steps")
-            ax.set_ylabel(ylabel)
-            ax.legend()
+    grid = np.linspace(0, args.total_timesteps, 26)
+    figures = {"returns": [("charts/episodic_return", "training episodic return")],
+               "rank": [(f"representation/rank_pre_fsq/tol{tol}", f"pre-FSQ rank / D (tol {tol})")
+                        for tol in ("1e-02", "1e-03")]}
+    all_modes = args.modes + sorted({m for _, m, _ in runs(args)} - set(args.modes))
+    for kind, tags in figures.items():
+        fig, axes = plt.subplots(len(tags), len(args.env_ids), figsize=(6 * len(args.env_ids), 4 * len(tags)), squeeze=False)
+        for row, (tag, ylabel) in enumerate(tags):
+            for ax, env in zip(axes[row], args.env_ids):
+                for mode in all_modes:
+                    curves = []
+                    for seed in sorted({s for e, m, s in runs(args) if e == env and m == mode}):
+                        steps, values = scalars(run_dir(args, env, mode, seed), tag)
+                        if len(steps) > 1:
+                            curves.append(np.interp(grid, steps, values, left=np.nan, right=np.nan))
+                    if not curves:
+                        continue
+                    mean, std = np.nanmean(curves, 0), np.nanstd(curves, 0)
+                    ax.plot(grid, mean, label=f"{mode} ({len(curves)} seeds)")
+                    ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+                ax.set_title(env)
+                ax.set_xlabel("environment steps")
+                ax.set_ylabel(ylabel)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend()
         fig.tight_layout()
         fig.savefig(f"{args.plot_prefix}_{kind}.png", dpi=90)
         plt.close(fig)
-
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
