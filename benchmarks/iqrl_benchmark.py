@@ -44,17 +44,19 @@ class Args:
     """modes run for every env and seed (iqrl, iqrl-no-fsq, td3, iqrl-fp32)"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
     """seeds of every (env, mode)"""
-    parity_runs: List[str] = field(default_factory=lambda: ["Hopper-v5:iqrl-fp32:1", "Hopper-v5:iqrl-fp32:2"])
-    """extra env:mode:seed runs queued after the main grid (the bf16-vs-fp32 learning pair)"""
-    total_timesteps: int = 5_000
+    extra_runs: List[str] = field(default_factory=list)
+    """extra env:mode:seed runs queued after the main grid (e.g. Hopper-v5:iqrl-fp32:1)"""
+    total_timesteps: int = 4_000
     """environment steps per run"""
     flags: str = ("--learning-starts 2000 --mlp-dims 128 128 --enc-mlp-dims 128 --latent-dim 32 "
                   "--exploration-noise-decay-steps 5000 --log-every 500 --eval-episodes 5 --save-every 2000")
     """flags shared by every run, one string (td3 ignores the iQRL-only ones and keeps its 256-256 networks)"""
-    parallel: int = 5
+    parallel: int = 18
     """runs at the same time (one torch thread each)"""
     report: bool = False
-    """only build the table and plots from the finished runs"""
+    """only build the tables and plots from what the runs logged so far"""
+    at_step: int = 3_000
+    """the second table compares every run that reached this env step, from its TensorBoard logs"""
     output: str = os.path.join(REPO_ROOT, "benchmarks", "results", "iqrl_benchmark.txt")
     """the table and per-run lines"""
     plot_prefix: str = os.path.join(REPO_ROOT, "docs", "iqrl_benchmark")
@@ -63,7 +65,7 @@ class Args:
 
 def runs(args: Args):
     grid = [(env, mode, seed) for seed in args.seeds for env in args.env_ids for mode in args.modes]
-    extra = [(e, m, int(s)) for e, m, s in (r.split(":") for r in args.parity_runs)]
+    extra = [(e, m, int(s)) for e, m, s in (r.split(":") for r in args.extra_runs)]
     return grid + [r for r in extra if r not in grid]
 
 
@@ -162,7 +164,38 @@ def report(args: Args):
               f"{args.total_timesteps} env steps per run; flags: {args.flags}", "",
               "| env | mode | seeds | final eval return | pre-FSQ rank share tol 1e-2 | tol 1e-3 | post-FSQ rank tol 1e-3 | "
               "s per 1k updates |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    text = "\n".join(header + rows + ["", "per run (final deterministic evaluation, 5 episodes):"] + lines) + "\n"
+    # every run that reached --at-step, read from TensorBoard: training return of the episodes that ended in the
+    # 1000 steps before it, and the last pre-FSQ rank logged at or before it
+    at_rows, at_lines = [], []
+    for env in args.env_ids:
+        for mode in args.modes:
+            found = []
+            for seed in sorted({s for e, m, s in runs(args) if e == env and m == mode}):
+                folder = run_dir(args, env, mode, seed)
+                sps_steps, _ = scalars(folder, "charts/SPS")  # logged at every 1000th env step
+                if not len(sps_steps) or sps_steps[-1] < args.at_step:
+                    continue
+                steps, returns = scalars(folder, "charts/episodic_return")
+                window = returns[(steps > args.at_step - 1000) & (steps <= args.at_step)]
+                ranks = []
+                for tol in ("1e-02", "1e-03"):
+                    rank_steps, rank_values = scalars(folder, f"representation/rank_pre_fsq/tol{tol}")
+                    before = rank_values[rank_steps <= args.at_step]
+                    ranks.append(before[-1] if len(before) else np.nan)
+                found.append((window.mean() if len(window) else np.nan, *ranks))
+                at_lines.append(f"{env} {mode} seed {seed}: training return {found[-1][0]:.1f} ({len(window)} episodes), "
+                                f"pre-FSQ rank share {ranks[0]:.3f} / {ranks[1]:.3f}")  # fmt: skip
+            if found:
+                v = np.array(found)
+                cells = ["-" if np.isnan(c).all() else
+                         f"{np.nanmean(c):.{d}f} +- {np.nanstd(c):.{d}f} (n={np.sum(~np.isnan(c))})"
+                         for c, d in zip(v.T, (1, 3, 3))]  # fmt: skip
+                at_rows.append(f"| {env} | {mode} | {len(found)} | {' | '.join(cells)} |")
+    at_header = ["", f"at env step {args.at_step} (from TensorBoard; every run that got there):", "",
+                 "| env | mode | seeds | training return, episodes ending in the last 1000 steps | pre-FSQ rank share "
+                 "tol 1e-2 | tol 1e-3 |", "|---|---|---|---|---|---|"]  # fmt: skip
+    text = "\n".join(header + rows + at_header + at_rows + ["", "per run (final deterministic evaluation, 5 episodes):"]
+                     + lines + ["", f"per run at env step {args.at_step}:"] + at_lines) + "\n"
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         f.write(text)
