@@ -481,8 +481,8 @@ if __name__ == "__main__":
                 if changed and name not in RESUMABLE and name != "eval_checkpoint":
                     raise ValueError(f"--{name.replace('_', '-')} {value} differs from the checkpoint's {saved.get(name)}; "
                                      f"accepted on {flag}: only --{', --'.join(n.replace('_', '-') for n in RESUMABLE)}")
-            args = Args(**{**saved, **{name: getattr(cli, name) for name in RESUMABLE},
-                           "eval_checkpoint": cli.eval_checkpoint})
+            given = {name: getattr(cli, name) for name in RESUMABLE if getattr(cli, name) != defaults[name]}
+            args = Args(**{**saved, **given, "resume": cli.resume, "eval_checkpoint": cli.eval_checkpoint})
         else:
             args = cli
         args = resolve_args(args)

@@ -343,6 +343,9 @@ def test_resume_continues_from_the_checkpoint(tmp_path, capsys):
     checkpoint = load(path)
     assert checkpoint["global_step"] == 120 and checkpoint["num_updates"] == 80
     assert checkpoint["args"]["latent_dim"] == 4 and checkpoint["replay"]["size"] == 120
+    # flags not given on --resume keep the checkpoint's values (here --total-timesteps 120, already reached)
+    code, out, err = run_in_process(["--resume", str(path)], tmp_path, capsys)
+    assert code == 2 and "bad --total-timesteps 120" in err
     # an architecture flag that disagrees with the checkpoint is refused, not silently ignored
     code, out, err = run_in_process(["--resume", str(path), "--latent-dim", "8", "--total-timesteps", "200"], tmp_path, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--latent-dim 8 differs from the checkpoint's 4" in err
