@@ -62,6 +62,8 @@ class Args:
     """random steps before the updates (>= horizon)"""
     repeats: int = 2
     """round-robin rounds over all variants"""
+    reverse: bool = False
+    """run the variants in reverse order (a second invocation with --reverse makes an ABBA pair against load drift)"""
     two_threads: bool = True
     """include the 2-torch-thread variant (--no-two-threads leaves it out: on a loaded 2-core machine it is slow)"""
     flags: str = ""
@@ -98,13 +100,13 @@ if __name__ == "__main__":
         if not args.two_threads:
             del VARIANTS["new default, 2 threads"], times["new default, 2 threads"]
         for round_index in range(args.repeats):
-            for name, (script, flags) in VARIANTS.items():
+            for name, (script, flags) in (reversed if args.reverse else list)(list(VARIANTS.items())):
                 times[name].append(measure(scripts[script], flags, args, tmp))
                 print(f"round {round_index + 1} {name}: {times[name][-1]:.1f} s per 1k updates "
                       f"(load average {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
     median = {name: statistics.median(values) for name, values in times.items()}
     lines = [f"iqrl_td3.py seconds per 1k updates on {args.env_id}, {args.updates} updates per run, {args.repeats} "
-             f"interleaved rounds, 1 torch thread unless stated, main={commits['main']} new=HEAD {commits['HEAD']} "
+             f"interleaved rounds{' (variants in reverse order)' if args.reverse else ''}, 1 torch thread unless stated, main={commits['main']} new=HEAD {commits['HEAD']} "
              f"(+ working tree), flags: {args.flags or '(paper sizes)'}; {time.time() - start:.0f} s wall, "
              f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", "",
              "| variant | s per 1k updates, per round | median |", "|---|---|---|"]  # fmt: skip
