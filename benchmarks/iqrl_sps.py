@@ -106,7 +106,8 @@ if __name__ == "__main__":
                       f"(load average {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
     median = {name: statistics.median(values) for name, values in times.items()}
     lines = [f"iqrl_td3.py seconds per 1k updates on {args.env_id}, {args.updates} updates per run, {args.repeats} "
-             f"interleaved rounds{' (variants in reverse order)' if args.reverse else ''}, 1 torch thread unless stated, main={commits['main']} new=HEAD {commits['HEAD']} "
+             f"interleaved rounds{' (variants in reverse order)' if args.reverse else ''}, 1 torch thread unless stated, "
+             f"main={commits['main']} new=HEAD {commits['HEAD']} "
              f"(+ working tree), flags: {args.flags or '(paper sizes)'}; {time.time() - start:.0f} s wall, "
              f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", "",
              "| variant | s per 1k updates, per round | median |", "|---|---|---|"]  # fmt: skip
