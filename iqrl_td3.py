@@ -1,21 +1,30 @@
 # docs and experiment results can be found in docs/iqrl_td3.md
 """iQRL: implicitly Quantized Reinforcement Learning (Scannell et al., 2024, arXiv:2406.02696) on top of TD3.
 
-A state-based agent that learns a latent state z = f(e_theta(o)) with a self-predictive loss (no decoder,
-no reward head, no projection head), keeps it from collapsing with Finite Scalar Quantization (FSQ, f), and
-runs model-free TD3 on the *detached* latent. The same file is its own baseline:
+A state-based agent learns a latent state with a self-predictive loss (no decoder, no reward head, no projection
+head), keeps it from collapsing with Finite Scalar Quantization f (FSQ, Mentzer et al., 2023, arXiv:2309.15505),
+and runs model-free TD3 on the *detached* latent:
 
-    python iqrl_td3.py                 # iQRL: encoder + FSQ + latent dynamics + TD3
-    python iqrl_td3.py --no-fsq        # same encoder and loss, no quantisation (ablation)
-    python iqrl_td3.py --no-encoder    # plain TD3 on raw observations (the baseline)
+    z_t = f(e_theta(o_t))                                   encoder + FSQ; e_bar = EMA of e_theta
+    z^_{h+1} = f(z^_h + d_phi(z^_h, a_{t+h})),  z^_0 = z_t   residual latent dynamics
+    L_rep = sum_{h<H} rho^h (1 - cos(z^_{h+1}, f(e_bar(o_{t+h+1}))))        (maximises the paper's cosine)
+    y = sum_{k<n} gamma^k r_{t+k} + gamma^n min_{2 sampled j} Qbar_j(z_{t+n}, pi_bar(z_{t+n}) + clip(eps))
+    L_Q = sum_j (Q_j(sg(z_t), a_t) - y)^2,   L_pi = -mean_{2 sampled j} Q_j(sg(z_t), pi(sg(z_t)))
+
+The same file holds its ablations and the standard baseline:
+
+    python iqrl_td3.py                  # iQRL: encoder + FSQ + latent dynamics + TD3 with 5 critics
+    python iqrl_td3.py --no-fsq         # same encoder and loss, no quantisation
+    python iqrl_td3.py --no-encoder     # iQRL's TD3 networks (LayerNorm + Mish, 5 critics) on raw observations
+    python iqrl_td3.py --algo td3       # standard TD3 (Fujimoto et al., 2018, arXiv:1802.09477; CleanRL settings)
 """
+import math
 import os
 import random
-import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import List, Optional
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import List, Literal, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -24,6 +33,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from envs.checkpoint import GracefulStop, ensure_writable_dir, fail, load_torch_file, save_atomic
+
+CHECKPOINT_FORMAT = "iqrl-td3-v1"
+CHECKPOINT_FILE = "agent.pt"
+# flags a resumed run may change; every other flag comes from the checkpoint (nanoGPT-style resume)
+RESUMABLE = ("total_timesteps", "torch_threads", "cuda", "save_every", "eval_episodes", "runs_dir", "precision", "resume")
 
 
 @dataclass
@@ -37,19 +54,28 @@ class Args:
     cuda: bool = True
     """if toggled, cuda will be used when available"""
     torch_threads: int = 1
-    """number of CPU threads torch may use (1 keeps CPU runs reproducible and cheap on shared machines)"""
+    """CPU threads torch may use (1 measured fastest per core on a shared 2-core machine; see docs)"""
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """bf16: autocast forward passes (fp32 weights, optimiser state, value head, losses, checkpoints); auto: bf16 where
+    the device computes it natively (CUDA with bf16, CPU with AMX or AVX512-BF16). Default fp32: bf16 pays only at
+    the paper's widths and its learning parity with fp32 is not shown (docs/iqrl_td3.md)"""
     runs_dir: str = "runs"
-    """directory that receives `runs/{run_name}/` (TensorBoard logs and checkpoint)"""
-    save_model: bool = True
-    """if toggled, write the checkpoint `runs/{run_name}/{exp_name}.cleanrl_model` at the end"""
+    """folder that receives `{runs_dir}/{run_name}/` (TensorBoard logs and the checkpoint agent.pt)"""
+    resume: Optional[str] = None
+    """resume from this checkpoint (agent.pt or its run folder); architecture flags come from the checkpoint"""
+    save_every: int = 25_000
+    """write the checkpoint every this many environment steps (0: only at the end)"""
     eval_episodes: int = 10
-    """number of deterministic evaluation episodes at the end (0 disables the evaluation)"""
+    """deterministic evaluation episodes at the end (0 disables it)"""
     eval_checkpoint: Optional[str] = None
-    """if set, skip training: load this checkpoint and only run the deterministic evaluation"""
+    """if set, skip training: load this checkpoint (agent.pt or its run folder) and only evaluate it"""
 
     # Algorithm specific arguments
+    algo: Literal["iqrl", "td3"] = "iqrl"
+    """iqrl: the iQRL agent (and its ablations via --no-fsq / --no-encoder); td3: standard TD3, ReLU 256-256
+    networks, 2 critics, actor on Q1, targets updated with the delayed actor (the iQRL-only flags are ignored)"""
     env_id: str = "HalfCheetah-v5"
-    """the id of the gymnasium environment (continuous actions)"""
+    """the id of the gymnasium environment (continuous actions, vector observations)"""
     total_timesteps: int = 1_000_000
     """total environment steps of the experiment"""
     learning_starts: int = 10_000
@@ -69,25 +95,32 @@ class Args:
     actor_lr: float = 3e-4
     """learning rate of the actor (Adam)"""
     policy_frequency: int = 2
-    """the actor and the TD3 targets are updated once every this many critic updates (delayed actor)"""
+    """the actor (and its target) is updated once every this many critic updates (delayed actor)"""
     policy_noise: float = 0.2
     """std of the target policy smoothing noise, in units of the action scale"""
-    noise_clip: float = 0.3
-    """clip of the target policy smoothing noise, in units of the action scale"""
-    exploration_noise_start: float = 1.0
-    """std of the Gaussian exploration noise (units of the action scale) when learning starts"""
+    noise_clip: Optional[float] = None
+    """clip of the target policy smoothing noise, in units of the action scale (default: iqrl 0.3, td3 0.5)"""
+    exploration_noise_start: Optional[float] = None
+    """std of the Gaussian exploration noise (x action scale) when learning starts (default: iqrl 1.0, td3 0.1)"""
     exploration_noise_end: float = 0.1
     """std of the Gaussian exploration noise after the linear decay"""
     exploration_noise_decay_steps: int = 50_000
     """environment steps, counted from `learning_starts`, over which the exploration std decays linearly"""
-    mlp_dims: List[int] = field(default_factory=lambda: [512, 512])
-    """hidden layer sizes of the actor, the critics and the latent dynamics"""
+    mlp_dims: Optional[List[int]] = None
+    """hidden sizes of the actor, the critics and the latent dynamics (default: iqrl 512 512, td3 256 256)"""
+    num_critics: int = 5
+    """iqrl: size of the critic ensemble (official code: 5)"""
+    num_sampled_critics: int = 2
+    """iqrl: critics drawn at random from the ensemble for the target's min and the actor's mean (official: 2)"""
+    critic_target_every_step: bool = True
+    """iqrl: soft-update the target critics after every critic step (official code); --no-critic-target-every-step
+    moves them with the delayed actor, as TD3 does"""
 
     # Representation (iQRL) arguments
-    no_encoder: bool = False
-    """if toggled, plain TD3 on raw observations: no encoder, no FSQ, no dynamics, no representation loss"""
-    no_fsq: bool = False
-    """if toggled, keep the encoder and the self-predictive loss but do not quantise the latent"""
+    encoder: bool = True
+    """iqrl: learn a latent with the encoder, dynamics and self-predictive loss (--no-encoder: TD3 part on raw obs)"""
+    fsq: bool = True
+    """iqrl: quantise the latent with FSQ (--no-fsq: the ablation without quantisation)"""
     fsq_levels: List[int] = field(default_factory=lambda: [8, 8])
     """FSQ levels per channel of one group; a group has prod(levels) codes (8 8 -> 64)"""
     latent_dim: int = 512
@@ -96,8 +129,8 @@ class Args:
     """hidden layer sizes of the encoder"""
     enc_lr: float = 1e-4
     """learning rate of the encoder and the latent dynamics (AdamW)"""
-    enc_weight_decay: float = 0.0
-    """weight decay of the encoder/dynamics AdamW optimiser"""
+    enc_weight_decay: float = 0.01
+    """weight decay of the encoder/dynamics AdamW (official code: PyTorch's AdamW default 0.01)"""
     enc_grad_clip: float = 20.0
     """max global gradient norm of the encoder and the latent dynamics"""
     enc_tau: float = 0.005
@@ -123,30 +156,27 @@ class FSQ(nn.Module):
 
     Channel i of a group is squashed with tanh into (-L_i/2, L_i/2), rounded to one of L_i integers and
     rescaled by 1 / (L_i // 2), so a group has prod(levels) possible codes and every output lies in [-1, 1].
+    Always computed in fp32 (bf16 has too few mantissa bits to round near the grid's half-way points).
     """
 
     def __init__(self, levels: List[int]):
         super().__init__()
         levels_t = torch.tensor(levels, dtype=torch.float32)
         self.levels = list(levels)
-        self.register_buffer("_levels", levels_t, persistent=False)
-        eps = 1e-3
-        half_l = (levels_t - 1) * (1 + eps) / 2
+        half_l = (levels_t - 1) * (1 + 1e-3) / 2
         # even L has no symmetric integer grid around 0: shift by 0.5 so it is {-L/2, ..., L/2 - 1}
         offset = torch.where(levels_t % 2 == 0, 0.5, 0.0)
         self.register_buffer("_half_l", half_l, persistent=False)
         self.register_buffer("_offset", offset, persistent=False)
         self.register_buffer("_shift", torch.atanh(offset / half_l), persistent=False)
         self.register_buffer("_half_width", torch.div(levels_t, 2, rounding_mode="floor"), persistent=False)
-        basis = torch.cumprod(torch.tensor([1] + list(levels[:-1])), dim=0)
-        self.register_buffer("_basis", basis, persistent=False)
-        self.codebook_size = int(np.prod(levels))
+        self.register_buffer("_basis", torch.cumprod(torch.tensor([1] + list(levels[:-1])), dim=0), persistent=False)
+        self.codebook_size = math.prod(levels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        groups = z.unflatten(-1, (-1, len(self.levels)))
+        groups = z.float().unflatten(-1, (-1, len(self.levels)))
         bounded = torch.tanh(groups + self._shift) * self._half_l - self._offset
-        quantized = round_ste(bounded) / self._half_width
-        return quantized.flatten(-2)
+        return (round_ste(bounded) / self._half_width).flatten(-2)
 
     def codes(self, z_quantized: torch.Tensor) -> torch.Tensor:
         """Integer code in [0, prod(levels)) of every group of an already quantised latent: [B, groups]."""
@@ -155,63 +185,110 @@ class FSQ(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Networks: all MLPs with hidden layers Linear -> LayerNorm -> Mish (iQRL/TD-MPC2 style)
+# Networks. iQRL: hidden layers Linear -> LayerNorm -> Mish (TD-MPC2 style); TD3: Linear -> ReLU.
 # ---------------------------------------------------------------------------------------------------------
-def mlp(in_dim: int, hidden_dims: List[int], out_dim: int) -> nn.Sequential:
+def mlp(in_dim: int, hidden_dims: List[int], out_dim: int, layer_norm: bool = True) -> nn.Sequential:
     layers, dim = [], in_dim
     for hidden in hidden_dims:
-        layers += [nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.Mish()]
+        layers += [nn.Linear(dim, hidden), *((nn.LayerNorm(hidden), nn.Mish()) if layer_norm else (nn.ReLU(),))]
         dim = hidden
     layers.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*layers)
 
 
 class Encoder(nn.Module):
-    """z = f(e_theta(o)); f is FSQ, or the identity for --no-fsq. With --no-encoder the whole map is identity."""
+    """z = f(e_theta(o)); f is FSQ, or the identity for --no-fsq. Without an encoder the whole map is the identity."""
 
     def __init__(self, obs_dim: int, args: Args):
         super().__init__()
-        if args.no_encoder:
+        if args.algo == "td3" or not args.encoder:
             self.net, self.quantizer, self.latent_dim = nn.Identity(), nn.Identity(), obs_dim
         else:
             self.latent_dim = args.latent_dim * len(args.fsq_levels)
             self.net = mlp(obs_dim, args.enc_mlp_dims, self.latent_dim)
-            self.quantizer = nn.Identity() if args.no_fsq else FSQ(args.fsq_levels)
+            self.quantizer = FSQ(args.fsq_levels) if args.fsq else nn.Identity()
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.quantizer(self.net(obs))
 
 
 class LatentDynamics(nn.Module):
-    """Residual latent dynamics: z_{t+1} = f(z_t + d_phi(z_t, a_t)), re-quantised at every step."""
+    """Residual latent dynamics z^_{h+1} = f(z^_h + d_phi(z^_h, a_h)), re-quantised at every step.
+
+    The first layer W [z; a] is split into W_z z + W_a a, so the action part of all H steps is one matmul."""
 
     def __init__(self, latent_dim: int, act_dim: int, args: Args):
         super().__init__()
-        self.net = mlp(latent_dim + act_dim, args.mlp_dims, latent_dim)
-        self.quantizer = nn.Identity() if args.no_fsq else FSQ(args.fsq_levels)
+        hidden = args.mlp_dims
+        self.z_in, self.a_in = nn.Linear(latent_dim, hidden[0]), nn.Linear(act_dim, hidden[0], bias=False)
+        bound = 1.0 / math.sqrt(latent_dim + act_dim)  # nn.Linear's init of the unsplit [z; a] layer
+        for weight in (self.z_in.weight, self.z_in.bias, self.a_in.weight):
+            nn.init.uniform_(weight, -bound, bound)
+        self.trunk = nn.Sequential(nn.LayerNorm(hidden[0]), nn.Mish(), *mlp(hidden[0], hidden[1:], latent_dim))
+        self.quantizer = FSQ(args.fsq_levels) if args.fsq else nn.Identity()
 
-    def forward(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.quantizer(z + self.net(torch.cat([z, action], -1)))
+    def rollout(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """z^_1..z^_H [B, H, D] from z^_0 = z [B, D] and actions [B, H, A]."""
+        action_part = self.a_in(actions)
+        predictions = []
+        for h in range(actions.shape[1]):
+            z = self.quantizer(z + self.trunk(self.z_in(z) + action_part[:, h]))
+            predictions.append(z)
+        return torch.stack(predictions, 1)
 
 
-class QNetwork(nn.Module):
-    def __init__(self, latent_dim: int, act_dim: int, args: Args):
+class CriticEnsemble(nn.Module):
+    """E independent critics Q_j(z, a) evaluated as batched matmuls (one baddbmm per layer for all members).
+
+    iQRL: E = 5 with LayerNorm + Mish hidden layers; standard TD3: E = 2 with ReLU. Each member is initialised
+    like nn.Linear (uniform +-1/sqrt(fan_in)); LayerNorm affine parameters are per member."""
+
+    def __init__(self, in_dim: int, hidden_dims: List[int], num_members: int, layer_norm: bool):
         super().__init__()
-        self.net = mlp(latent_dim + act_dim, args.mlp_dims, 1)
+        dims = [in_dim, *hidden_dims, 1]
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for fan_in, fan_out in zip(dims[:-1], dims[1:]):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(num_members, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_members, 1, fan_out).uniform_(-bound, bound)))
+        self.layer_norm = layer_norm
+        if layer_norm:
+            self.ln_weights = nn.ParameterList([nn.Parameter(torch.ones(num_members, 1, d)) for d in hidden_dims])
+            self.ln_biases = nn.ParameterList([nn.Parameter(torch.zeros(num_members, 1, d)) for d in hidden_dims])
 
-    def forward(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([z, action], -1))
+    def forward(self, z: torch.Tensor, action: torch.Tensor, members: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Q values [E', B] of all members, or of the members indexed by `members` (E' = len(members))."""
+        x = torch.cat([z, action], -1)
+        for i, (weight, bias) in enumerate(zip(self.weights[:-1], self.biases[:-1])):
+            if members is not None:
+                weight, bias = weight[members], bias[members]
+            x = torch.baddbmm(bias, x.expand(weight.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, weight)
+            if self.layer_norm:
+                ln_w, ln_b = self.ln_weights[i], self.ln_biases[i]
+                if members is not None:
+                    ln_w, ln_b = ln_w[members], ln_b[members]
+                x = F.mish(F.layer_norm(x, x.shape[-1:]) * ln_w + ln_b)
+            else:
+                x = F.relu(x)
+        weight, bias = self.weights[-1], self.biases[-1]
+        if members is not None:
+            weight, bias = weight[members], bias[members]
+        # the value head stays fp32 under bf16 autocast: bf16's 8-bit mantissa would round Q ~ 500 to steps of 2
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.baddbmm(bias, x.float(), weight).squeeze(-1)
 
 
 class Actor(nn.Module):
+    """pi(z) = tanh(MLP(z)) * action_scale + action_bias."""
+
     def __init__(self, latent_dim: int, act_dim: int, args: Args, action_low: np.ndarray, action_high: np.ndarray):
         super().__init__()
-        self.net = mlp(latent_dim, args.mlp_dims, act_dim)
+        self.net = mlp(latent_dim, args.mlp_dims, act_dim, layer_norm=args.algo == "iqrl")
         self.register_buffer("action_scale", torch.tensor((action_high - action_low) / 2.0, dtype=torch.float32))
         self.register_buffer("action_bias", torch.tensor((action_high + action_low) / 2.0, dtype=torch.float32))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(z)) * self.action_scale + self.action_bias
+        return torch.tanh(self.net(z).float()) * self.action_scale + self.action_bias
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -225,6 +302,8 @@ class SequenceReplayBuffer:
     (terminated or truncated) at any step t..t+h-1, so nothing after an episode end is ever used.
     Truncation only cuts the sequence; its next_obs is the true final observation, and it is bootstrapped.
     """
+
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "episode_end")
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, seq_len: int, seed: int):
         self.capacity, self.seq_len = capacity, seq_len
@@ -246,31 +325,21 @@ class SequenceReplayBuffer:
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int) -> dict:
-        if self.size < self.capacity:
-            starts = self.rng.integers(0, self.size, size=batch_size)
-        else:
-            starts = self.rng.integers(0, self.capacity, size=batch_size)
+        starts = self.rng.integers(0, self.size, size=batch_size)
         offsets = np.arange(self.seq_len)
         idx = (starts[:, None] + offsets[None, :]) % self.capacity  # [B, L]
         # steps written after the start (the newest transition is at pos - 1); later slots are stale or empty
-        written_after_start = (self.pos - 1 - starts) % self.capacity
-        written = offsets[None, :] <= written_after_start[:, None]
-        ended_before = np.cumsum(self.episode_end[idx], axis=1) - self.episode_end[idx]  # ends at t..t+h-1
-        valid = (written & (ended_before == 0)).astype(np.float32)
-        return {
-            "obs": self.obs[idx],
-            "actions": self.actions[idx],
-            "rewards": self.rewards[idx],
-            "next_obs": self.next_obs[idx],
-            "terminated": self.terminated[idx],
-            "valid": valid,
-        }
+        written = offsets[None, :] <= ((self.pos - 1 - starts) % self.capacity)[:, None]
+        ends = self.episode_end[idx]
+        valid = (written & (np.cumsum(ends, axis=1) - ends == 0)).astype(np.float32)  # no end at t..t+h-1
+        return {"obs": self.obs[idx], "actions": self.actions[idx], "rewards": self.rewards[idx],
+                "next_obs": self.next_obs[idx], "terminated": self.terminated[idx], "valid": valid}  # fmt: skip
 
 
 def n_step_targets(rewards: torch.Tensor, terminated: torch.Tensor, valid: torch.Tensor, gamma: float, n_step: int):
     """n-step return pieces for sequences [B, L >= n_step] starting at t (paper's critic target y).
 
-    y_t = sum_{k=0}^{m-1} gamma^k r_{t+k} + gamma^m (1 - terminated_{t+m-1}) min_k Qbar(z_{t+m}, a~),
+    y_t = sum_{k=0}^{m-1} gamma^k r_{t+k} + gamma^m (1 - terminated_{t+m-1}) min_j Qbar_j(z_{t+m}, a~),
     where m = min(n_step, steps until the episode ends, inclusive). Returns (discounted reward sum [B],
     bootstrap index m-1 [B] (whose next_obs is z_{t+m}), bootstrap coefficient gamma^m (1 - terminated) [B]).
     """
@@ -279,165 +348,114 @@ def n_step_targets(rewards: torch.Tensor, terminated: torch.Tensor, valid: torch
     reward_sum = (rewards[:, :n_step] * valid_n * discounts).sum(1)
     last = valid_n.sum(1).long() - 1
     not_terminated = 1.0 - terminated.gather(1, last[:, None]).squeeze(1)
-    bootstrap_coef = gamma ** (last + 1).to(rewards.dtype) * not_terminated
-    return reward_sum, last, bootstrap_coef
-
-
-def self_predictive_loss(encoder, target_encoder, dynamics, obs, actions, next_obs, valid, rho: float):
-    """iQRL representation loss (paper Eq. for L_rep), summed over h = 0..H-1 with weight rho^h:
-
-        1 - cos( f(z_hat_h + d(z_hat_h, a_{t+h})),  f(e_target(o_{t+h+1})) ),  z_hat_0 = f(e(o_t)),
-
-    masked after episode ends. The paper writes L_rep as the cosine *similarity*, which must be maximised;
-    the authors' released code minimises +cos (a sign bug, later fixed in a fork). Minimising 1 - cos is the
-    correct direction (same gradient as -cos, but the logged loss is >= 0 with 0 = perfect prediction).
-    """
-    horizon = actions.shape[1]
-    with torch.no_grad():
-        targets = target_encoder(next_obs)  # [B, H, latent]
-    z_hat = encoder(obs[:, 0])
-    loss = obs.new_zeros(())
-    for h in range(horizon):
-        z_hat = dynamics(z_hat, actions[:, h])
-        cos = F.cosine_similarity(z_hat, targets[:, h], dim=-1)
-        loss = loss + rho**h * ((1.0 - cos) * valid[:, h]).mean()
-    return loss
+    return reward_sum, last, gamma ** (last + 1).to(rewards.dtype) * not_terminated
 
 
 @torch.no_grad()
-def latent_rank_percent(z: torch.Tensor, rtol: float) -> float:
-    """Rank of a batch of latents [B, D] as % of full rank min(B, D); singular values below rtol * s_max
-    count as zero (the paper's dimensional-collapse diagnostic)."""
-    rank = torch.linalg.matrix_rank(z, rtol=rtol).item()
-    return 100.0 * rank / min(z.shape)
+def representation_diagnostics(encoder: Encoder, obs: torch.Tensor) -> dict:
+    """The paper's dimensional-collapse diagnostics on a batch of N observations (N = D, the latent width).
+
+    rank: number of singular values of the *pre-quantisation* latents e_theta(o) [N, D] above max(tol, tol * s_max)
+    (atol = rtol = tol, as the official code's matrix_rank), as a share of D, at tol 1e-1 / 1e-2 / 1e-3; condition
+    number s_max / s_min. With FSQ, the rank of the quantised codes f(e(o)) and the share of each group's codes in
+    use are added: rounding noise makes quantised codes look full-rank even when e(o) is not, so only the
+    pre-quantisation rank can show collapse."""
+    pre = encoder.net(obs).float()
+
+    def ranks(z: torch.Tensor, name: str) -> dict:
+        s = torch.linalg.svdvals(z)
+        return {f"{name}/tol{tol:.0e}": (s > max(tol, tol * s[0].item())).sum().item() / z.shape[1]
+                for tol in (1e-1, 1e-2, 1e-3)}
+
+    s = torch.linalg.svdvals(pre)
+    out = {**ranks(pre, "rank_pre_fsq"), "condition_number_pre_fsq": (s[0] / s[-1]).item()}
+    if isinstance(encoder.quantizer, FSQ):
+        quantized = encoder.quantizer(pre)
+        out.update(ranks(quantized, "rank_post_fsq"))
+        codes = encoder.quantizer.codes(quantized)  # [N, groups]
+        used = torch.zeros(codes.shape[1], encoder.quantizer.codebook_size).scatter_(1, codes.T.cpu(), 1.0).mean(1)
+        out.update({"codebook_usage_mean": used.mean().item(), "codebook_usage_min": used.min().item(),
+                    "codebook_usage_max": used.max().item()})  # fmt: skip
+    return out
 
 
-@torch.no_grad()
-def codebook_usage(quantizer: FSQ, z: torch.Tensor) -> torch.Tensor:
-    """Fraction of the prod(levels) codes used by each group over a batch [B, D] -> [groups]."""
-    codes = quantizer.codes(z)  # [B, G]
-    used = torch.zeros(codes.shape[1], quantizer.codebook_size, device=z.device)
-    used.scatter_(1, codes.T, 1.0)
-    return used.mean(1)
+def native_bf16(device: torch.device) -> bool:
+    """The rule behind --precision auto: the device multiplies bf16 matrices natively."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Input validation, checkpoints, evaluation
-# ---------------------------------------------------------------------------------------------------------
-class UserError(Exception):
-    """Bad flags or files: reported as one line, no traceback."""
-
-
-def validate_args(args: Args):
+def resolve_args(args: Args) -> Args:
+    """Fill the algorithm-dependent defaults (None) and check every flag; raise a one-line ValueError if bad."""
+    td3 = args.algo == "td3"
+    args.mlp_dims = args.mlp_dims or ([256, 256] if td3 else [512, 512])
+    args.noise_clip = args.noise_clip if args.noise_clip is not None else (0.5 if td3 else 0.3)
+    if args.exploration_noise_start is None:
+        args.exploration_noise_start = 0.1 if td3 else 1.0
     try:
         gym.spec(args.env_id)
     except gym.error.Error:
-        raise UserError(
-            f"unknown --env-id {args.env_id!r}; accepted: a registered gymnasium id with continuous (Box) actions, "
-            "e.g. HalfCheetah-v5, Hopper-v5, Walker2d-v5, Humanoid-v5, Pendulum-v1"
-        ) from None
+        raise ValueError(f"unknown --env-id {args.env_id!r}; accepted: a registered gymnasium id with continuous (Box) "
+                         "actions, e.g. HalfCheetah-v5, Hopper-v5, Walker2d-v5, Pendulum-v1") from None
+    ints = {"n-step": args.n_step, "horizon": args.horizon, "latent-dim": args.latent_dim, "batch-size": args.batch_size,
+            "total-timesteps": args.total_timesteps, "learning-starts": args.learning_starts, "torch-threads":
+            args.torch_threads, "policy-frequency": args.policy_frequency, "log-every": args.log_every,
+            "exploration-noise-decay-steps": args.exploration_noise_decay_steps, "num-critics": args.num_critics,
+            "num-sampled-critics": args.num_sampled_critics}  # fmt: skip
+    for flag, value in ints.items():
+        if value < 1:
+            raise ValueError(f"bad --{flag} {value}; accepted: an integer >= 1")
     checks = [
-        (all(level >= 2 for level in args.fsq_levels) and len(args.fsq_levels) >= 1, "--fsq-levels",
-         args.fsq_levels, "one or more integers >= 2, e.g. 8 8 or 8 6 5"),
-        (args.n_step >= 1, "--n-step", args.n_step, "an integer >= 1"),
-        (args.horizon >= 1, "--horizon", args.horizon, "an integer >= 1"),
+        (min(args.fsq_levels, default=0) >= 2, "--fsq-levels", args.fsq_levels,
+         "one or more integers >= 2, e.g. 8 8 or 8 6 5"),
         (0.0 < args.rho <= 1.0, "--rho", args.rho, "a float in (0, 1]"),
         (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
         (0.0 < args.tau <= 1.0, "--tau", args.tau, "a float in (0, 1]"),
         (0.0 < args.enc_tau <= 1.0, "--enc-tau", args.enc_tau, "a float in (0, 1]"),
-        (args.latent_dim >= 1, "--latent-dim", args.latent_dim, "an integer >= 1"),
-        (args.batch_size >= 1, "--batch-size", args.batch_size, "an integer >= 1"),
-        (args.total_timesteps >= 1, "--total-timesteps", args.total_timesteps, "an integer >= 1"),
-        (args.learning_starts >= 1, "--learning-starts", args.learning_starts, "an integer >= 1"),
-        (args.buffer_size >= max(args.horizon, args.n_step) + 1, "--buffer-size", args.buffer_size,
+        (args.buffer_size > max(args.horizon, args.n_step), "--buffer-size", args.buffer_size,
          "an integer > max(--horizon, --n-step)"),
-        (args.policy_frequency >= 1, "--policy-frequency", args.policy_frequency, "an integer >= 1"),
-        (args.exploration_noise_decay_steps >= 1, "--exploration-noise-decay-steps",
-         args.exploration_noise_decay_steps, "an integer >= 1"),
         (min(args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end) >= 0,
          "--policy-noise/--noise-clip/--exploration-noise-*",
          (args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end),
          "non-negative floats"),
-        (len(args.mlp_dims) >= 1 and min(args.mlp_dims) >= 1, "--mlp-dims", args.mlp_dims, "positive integers"),
+        (min(args.mlp_dims) >= 1, "--mlp-dims", args.mlp_dims, "one or more positive integers"),
         (min(args.enc_mlp_dims, default=1) >= 1, "--enc-mlp-dims", args.enc_mlp_dims, "positive integers"),
+        (args.num_sampled_critics <= args.num_critics, "--num-sampled-critics", args.num_sampled_critics,
+         f"an integer in [1, --num-critics {args.num_critics}]"),
         (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
-        (args.log_every >= 1, "--log-every", args.log_every, "an integer >= 1"),
-        (args.torch_threads >= 1, "--torch-threads", args.torch_threads, "an integer >= 1"),
-        (not (args.no_encoder and args.no_fsq), "--no-encoder with --no-fsq", "both set",
-         "at most one of the two (--no-encoder already has no FSQ)"),
+        (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (environment steps; 0: only at the end)"),
+        (args.encoder or args.fsq, "--no-encoder with --no-fsq", "both set",
+         "at most one of the two (--no-encoder has no FSQ)"),
+        (args.total_timesteps > args.learning_starts, "--total-timesteps", args.total_timesteps,
+         f"more than --learning-starts {args.learning_starts}, or the run makes zero gradient steps"),
     ]
     for ok, flag, value, accepted in checks:
         if not ok:
-            raise UserError(f"bad {flag} {value}; accepted: {accepted}")
+            raise ValueError(f"bad {flag} {value}; accepted: {accepted}")
+    return args
 
 
 def make_env(env_id: str, seed: int) -> gym.Env:
     env = gym.make(env_id)
     if not isinstance(env.action_space, gym.spaces.Box) or len(env.observation_space.shape or ()) != 1:
-        raise UserError(
-            f"--env-id {env_id!r} has action space {env.action_space} and observation space "
-            f"{env.observation_space}; accepted: continuous (Box) actions and flat vector observations"
-        )
+        raise ValueError(f"--env-id {env_id!r} has action space {env.action_space} and observation space "
+                         f"{env.observation_space}; accepted: continuous (Box) actions and flat vector observations")
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
-    env.observation_space.seed(seed)
     return env
 
 
-def save_checkpoint(path: str, modules: dict, metadata: dict):
-    """Atomic: write a temp file in the same directory, then os.replace (a crash never leaves half a file)."""
-    payload = {name: {k: v.detach().cpu() for k, v in module.state_dict().items()} for name, module in modules.items()}
-    payload["metadata"] = metadata
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".cleanrl_model")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
-def load_checkpoint(path: str) -> dict:
-    """Load with weights_only=True and check the structure; any problem is a one-line UserError."""
-    required = {"actor", "qf1", "qf2", "metadata"}
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"--eval-checkpoint {path!r} does not exist; accepted: a file written by iqrl_td3.py") from None
-    except Exception as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"--eval-checkpoint {path!r} is not a loadable torch checkpoint ({first_line}); "
-            "accepted: a file written by iqrl_td3.py"
-        ) from None
-    if not isinstance(checkpoint, dict) or not required <= set(checkpoint):
-        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise UserError(
-            f"--eval-checkpoint {path!r} has keys {found}; accepted: an iqrl_td3.py checkpoint with keys "
-            f"{sorted(required)} (+ encoder, dynamics)"
-        )
-    metadata = checkpoint["metadata"]
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("args"), dict):
-        raise UserError(f"--eval-checkpoint {path!r} has malformed metadata; accepted: a file written by iqrl_td3.py")
-    return checkpoint
-
-
 @torch.no_grad()
-def evaluate(encoder: Encoder, actor: Actor, env_id: str, episodes: int, seed: int, device) -> List[float]:
+def evaluate(encoder: Encoder, actor: Actor, env_id: str, episodes: int, seed: int, device, bf16: bool) -> List[float]:
     """Deterministic policy (no exploration noise) on a fresh env; returns the episodic returns."""
-    env = make_env(env_id, seed)
-    returns = []
+    env, returns = make_env(env_id, seed), []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         done, episode_return = False, 0.0
         while not done:
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-            action = actor(encoder(obs_t))[0].cpu().numpy()
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                action = actor(encoder(torch.as_tensor(obs, dtype=torch.float32, device=device)[None]))[0].cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(action)
             episode_return += float(reward)
             done = terminated or truncated
@@ -446,249 +464,269 @@ def evaluate(encoder: Encoder, actor: Actor, env_id: str, episodes: int, seed: i
     return returns
 
 
-def build_networks(args: Args, obs_dim: int, act_dim: int, action_low, action_high, device):
-    encoder = Encoder(obs_dim, args).to(device)
-    latent_dim = encoder.latent_dim
-    actor = Actor(latent_dim, act_dim, args, action_low, action_high).to(device)
-    qf1 = QNetwork(latent_dim, act_dim, args).to(device)
-    qf2 = QNetwork(latent_dim, act_dim, args).to(device)
-    dynamics = None if args.no_encoder else LatentDynamics(latent_dim, act_dim, args).to(device)
-    return encoder, dynamics, actor, qf1, qf2
-
-
-def run_eval_checkpoint(args: Args, device):
-    checkpoint = load_checkpoint(args.eval_checkpoint)
-    try:
-        saved = Args(**{k: v for k, v in checkpoint["metadata"]["args"].items() if k in Args.__dataclass_fields__})
-        validate_args(saved)
-    except (TypeError, ValueError) as e:
-        raise UserError(
-            f"--eval-checkpoint {args.eval_checkpoint!r} has malformed metadata args ({e}); "
-            "accepted: a file written by iqrl_td3.py"
-        ) from None
-    env = make_env(saved.env_id, args.seed)
-    encoder, _, actor, _, _ = build_networks(
-        saved, env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low,
-        env.action_space.high, device
-    )
-    env.close()
-    try:
-        actor.load_state_dict(checkpoint["actor"])
-        if not saved.no_encoder:
-            encoder.load_state_dict(checkpoint["encoder"])
-    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
-        first_line = str(e).strip().splitlines()[0]
-        raise UserError(
-            f"--eval-checkpoint {args.eval_checkpoint!r} weights do not match its metadata ({first_line}); "
-            "accepted: an unmodified iqrl_td3.py checkpoint"
-        ) from None
-    returns = evaluate(encoder, actor, saved.env_id, max(args.eval_episodes, 1), args.seed + 10_000, device)
-    print(f"eval {saved.env_id} ({checkpoint['metadata'].get('mode')}): return {np.mean(returns):.2f} +- {np.std(returns):.2f}")
-
-
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    cli = tyro.cli(Args)
     try:
-        validate_args(args)
-        torch.set_num_threads(args.torch_threads)
-        random.seed(args.seed)
-        np.random.seed(args.seed)
-        torch.manual_seed(args.seed)
-        torch.backends.cudnn.deterministic = args.torch_deterministic
+        checkpoint = None
+        if cli.resume is not None or cli.eval_checkpoint is not None:
+            flag, path = ("--resume", cli.resume) if cli.resume is not None else ("--eval-checkpoint", cli.eval_checkpoint)
+            accepted = f"accepted: a {{runs_dir}}/{{run_name}}/{CHECKPOINT_FILE} written by iqrl_td3.py"
+            path = os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
+            checkpoint = load_torch_file(path, f"{flag}: {accepted}")
+            if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"{flag} {path!r} is not an {CHECKPOINT_FORMAT!r} checkpoint; {accepted}")
+            saved, defaults = checkpoint["args"], asdict(Args())
+            for name, value in asdict(cli).items():  # a changed architecture flag cannot silently be ignored
+                changed = value != defaults[name] and value != saved.get(name)
+                if changed and name not in RESUMABLE and name != "eval_checkpoint":
+                    raise ValueError(f"--{name.replace('_', '-')} {value} differs from the checkpoint's {saved.get(name)}; "
+                                     f"accepted on {flag}: only --{', --'.join(n.replace('_', '-') for n in RESUMABLE)}")
+            given = {name: getattr(cli, name) for name in RESUMABLE if getattr(cli, name) != defaults[name]}
+            args = Args(**{**saved, **given, "resume": cli.resume, "eval_checkpoint": cli.eval_checkpoint})
+        else:
+            args = cli
+        args = resolve_args(args)
+        if checkpoint is not None and checkpoint["global_step"] >= args.total_timesteps and args.eval_checkpoint is None:
+            raise ValueError(f"bad --total-timesteps {args.total_timesteps}; accepted: more than the checkpoint's "
+                             f"global_step {checkpoint['global_step']}")
         device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-        if args.eval_checkpoint is not None:
-            run_eval_checkpoint(args, device)
-            sys.exit(0)
+        bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
+        torch.set_num_threads(args.torch_threads)
         env = make_env(args.env_id, args.seed)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        if args.eval_checkpoint is None:
+            run_dir = (os.path.dirname(path) if checkpoint is not None else
+                       os.path.join(args.runs_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"))
+            ensure_writable_dir(run_dir, "--resume" if checkpoint is not None else "--runs-dir")
+    except ValueError as e:
+        fail(str(e))
 
-    mode = "td3" if args.no_encoder else ("iqrl-no-fsq" if args.no_fsq else "iqrl")
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.runs_dir, run_name)
-    writer = SummaryWriter(run_dir)
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-    )
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
 
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     action_low, action_high = env.action_space.low, env.action_space.high
-    encoder, dynamics, actor, qf1, qf2 = build_networks(args, obs_dim, act_dim, action_low, action_high, device)
+    iqrl = args.algo == "iqrl"
+    has_encoder = iqrl and args.encoder
+    mode = "td3" if not iqrl else ("iqrl-no-encoder" if not args.encoder else ("iqrl" if args.fsq else "iqrl-no-fsq"))
+    encoder = Encoder(obs_dim, args).to(device)
     latent_dim = encoder.latent_dim
-    target_encoder = Encoder(obs_dim, args).to(device)  # momentum encoder e_theta_bar (EMA of e_theta)
-    target_encoder.load_state_dict(encoder.state_dict())
-    target_actor = Actor(latent_dim, act_dim, args, action_low, action_high).to(device)
-    qf1_target = QNetwork(latent_dim, act_dim, args).to(device)
-    qf2_target = QNetwork(latent_dim, act_dim, args).to(device)
-    target_actor.load_state_dict(actor.state_dict())
-    qf1_target.load_state_dict(qf1.state_dict())
-    qf2_target.load_state_dict(qf2.state_dict())
-    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
-    if dynamics is not None:
+    actor = Actor(latent_dim, act_dim, args, action_low, action_high).to(device)
+    num_critics = args.num_critics if iqrl else 2
+    critics = CriticEnsemble(latent_dim + act_dim, args.mlp_dims, num_critics, layer_norm=iqrl).to(device)
+    modules = {"encoder": encoder, "actor": actor, "critics": critics}
+    optimizers = {"actor": torch.optim.Adam(actor.parameters(), lr=args.actor_lr),
+                  "critics": torch.optim.Adam(critics.parameters(), lr=args.q_lr)}  # fmt: skip
+    if has_encoder:
+        dynamics = LatentDynamics(latent_dim, act_dim, args).to(device)
         representation_params = list(encoder.parameters()) + list(dynamics.parameters())
-        rep_optimizer = torch.optim.AdamW(representation_params, lr=args.enc_lr, weight_decay=args.enc_weight_decay)
-    action_scale = actor.action_scale
+        optimizers["representation"] = torch.optim.AdamW(
+            representation_params, lr=args.enc_lr, weight_decay=args.enc_weight_decay
+        )
+        target_encoder = Encoder(obs_dim, args).to(device).requires_grad_(False)  # momentum encoder e_bar (EMA of e_theta)
+        modules.update(dynamics=dynamics, target_encoder=target_encoder)
+    target_actor = Actor(latent_dim, act_dim, args, action_low, action_high).to(device).requires_grad_(False)
+    target_critics = CriticEnsemble(latent_dim + act_dim, args.mlp_dims, num_critics, layer_norm=iqrl).to(device)
+    target_critics.requires_grad_(False)
+    modules.update(target_actor=target_actor, target_critics=target_critics)
+    for online, target in (("encoder", "target_encoder"), ("actor", "target_actor"), ("critics", "target_critics")):
+        if target in modules:
+            modules[target].load_state_dict(modules[online].state_dict())
 
     # one sequence serves both losses: H steps for the self-predictive loss, n steps for the n-step return
-    seq_len = max(args.n_step, 1 if args.no_encoder else args.horizon)
+    seq_len = max(args.n_step, args.horizon if has_encoder else 1)
     rb = SequenceReplayBuffer(args.buffer_size, obs_dim, act_dim, seq_len, args.seed)
     noise_rng = np.random.default_rng(args.seed + 1)
-    start_time = time.time()
-    update_time, num_updates = 0.0, 0
+    diag_rng = np.random.default_rng(args.seed + 2)  # diagnostics draw their own batches: logging never changes training
+    recent_returns = deque(maxlen=10)
+    global_step, num_updates = 0, 0
+    if checkpoint is not None:
+        for name, module in modules.items():
+            module.load_state_dict(checkpoint["modules"][name])
+        if args.eval_checkpoint is not None:
+            returns = evaluate(encoder, actor, args.env_id, max(args.eval_episodes, 1), args.seed + 10_000, device, bf16)
+            print(f"eval {args.env_id} ({mode}): eval_return_mean={np.mean(returns):.2f} "
+                  f"eval_return_std={np.std(returns):.2f}")
+            raise SystemExit(0)
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(checkpoint["optimizers"][name])
+        rb.pos, rb.size = checkpoint["replay"]["pos"], checkpoint["replay"]["size"]
+        for name in rb.FIELDS:
+            getattr(rb, name)[: rb.size] = checkpoint["replay"][name].numpy()
+        rb.rng.bit_generator.state = checkpoint["replay"]["rng"]
+        rb.episode_end[(rb.pos - 1) % rb.capacity] = 1.0  # the interrupted episode is not continued: cut sequences there
+        noise_rng.bit_generator.state, diag_rng.bit_generator.state = checkpoint["rng"]["noise"], checkpoint["rng"]["diag"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        global_step, num_updates = checkpoint["global_step"], checkpoint["num_updates"]
+        recent_returns.extend(checkpoint["recent_returns"])
+    writer = SummaryWriter(run_dir, purge_step=global_step if checkpoint is not None else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+    checkpoint_path = os.path.join(run_dir, CHECKPOINT_FILE)
 
-    obs, _ = env.reset(seed=args.seed)
-    for global_step in range(args.total_timesteps):
-        # ALGO LOGIC: put action logic here
-        if global_step < args.learning_starts:
-            action = env.action_space.sample()
-        else:
-            # exploration std decays linearly from start to end (in units of the action scale)
-            frac = min(1.0, (global_step - args.learning_starts) / args.exploration_noise_decay_steps)
-            exploration_std = args.exploration_noise_start + frac * (args.exploration_noise_end - args.exploration_noise_start)
-            with torch.no_grad():
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-                action = actor(encoder(obs_t))[0].cpu().numpy()
-            action = action + noise_rng.normal(0.0, exploration_std, size=act_dim) * action_scale.cpu().numpy()
-            action = np.clip(action, action_low, action_high).astype(np.float32)
+    def save_checkpoint():
+        fp32 = {name: {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in m.state_dict().items()}
+                for name, m in modules.items()}  # fmt: skip
+        replay = {name: torch.from_numpy(getattr(rb, name)[: rb.size].copy()) for name in rb.FIELDS}
+        replay.update(pos=rb.pos, size=rb.size, rng=rb.rng.bit_generator.state)
+        save_atomic({"format": CHECKPOINT_FORMAT, "args": asdict(args), "mode": mode, "global_step": global_step,
+                     "num_updates": num_updates, "modules": fp32, "replay": replay,
+                     "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                     "rng": {"torch": torch.get_rng_state(), "noise": noise_rng.bit_generator.state,
+                             "diag": diag_rng.bit_generator.state},
+                     "recent_returns": list(recent_returns)}, checkpoint_path)  # fmt: skip
 
-        # TRY NOT TO MODIFY: execute the game and log data.
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        if "episode" in info:
-            print(f"global_step={global_step}, episodic_return={float(info['episode']['r']):.2f}")
-            writer.add_scalar("charts/episodic_return", float(info["episode"]["r"]), global_step)
-            writer.add_scalar("charts/episodic_length", int(info["episode"]["l"]), global_step)
+    action_low_t = torch.as_tensor(action_low, device=device)
+    action_high_t = torch.as_tensor(action_high, device=device)
+    action_scale = actor.action_scale
+    q1_only = torch.zeros(1, dtype=torch.long, device=device)
+    rho_powers = args.rho ** torch.arange(args.horizon, dtype=torch.float32, device=device)
+    actor_params, critic_params = list(actor.parameters()), list(critics.parameters())
+    target_actor_params, target_critic_params = list(target_actor.parameters()), list(target_critics.parameters())
+    if has_encoder:
+        encoder_params, target_encoder_params = list(encoder.parameters()), list(target_encoder.parameters())
+    amp = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
+    start_step, start_updates, start_time, update_time = global_step, num_updates, time.time(), 0.0
+    actor_loss = torch.tensor(float("nan"))  # logged before the first delayed actor step of a resumed run
 
-        # a single non-vector env: next_obs is always the true next observation (also on truncation), and
-        # we reset ourselves, so no autoreset transition ever reaches the buffer
-        rb.add(obs, action, reward, next_obs, terminated, truncated)
-        obs = next_obs
-        if terminated or truncated:
-            obs, _ = env.reset()
+    obs, _ = env.reset(seed=args.seed + global_step)
+    progress = tqdm(total=args.total_timesteps, initial=global_step, unit="step", mininterval=2.0, dynamic_ncols=True)
+    with GracefulStop() as stop:
+        print(f"{mode} on {args.env_id}, precision {'bf16' if bf16 else 'fp32'}, run folder {run_dir}")
+        while global_step < args.total_timesteps:
+            # ALGO LOGIC: put action logic here
+            if global_step < args.learning_starts:
+                action = env.action_space.sample()
+            else:
+                # exploration std decays linearly from start to end (in units of the action scale)
+                frac = min(1.0, (global_step - args.learning_starts) / args.exploration_noise_decay_steps)
+                noise_start, noise_end = args.exploration_noise_start, args.exploration_noise_end
+                exploration_std = noise_start + frac * (noise_end - noise_start)
+                with torch.no_grad(), amp:
+                    action = actor(encoder(torch.as_tensor(obs, dtype=torch.float32, device=device)[None]))[0].cpu().numpy()
+                action = action + noise_rng.normal(0.0, exploration_std, size=act_dim) * action_scale.cpu().numpy()
+                action = np.clip(action, action_low, action_high).astype(np.float32)
 
-        # ALGO LOGIC: training.
-        if global_step >= args.learning_starts:
-            update_start = time.time()
-            batch = {k: torch.as_tensor(v, device=device) for k, v in rb.sample(args.batch_size).items()}
-            log_now = num_updates % args.log_every == 0
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            if "episode" in info:
+                recent_returns.append(float(info["episode"]["r"]))
+                writer.add_scalar("charts/episodic_return", float(info["episode"]["r"]), global_step)
+                writer.add_scalar("charts/episodic_length", int(info["episode"]["l"]), global_step)
+            # a single non-vector env: next_obs is the true next observation (also on truncation) and we reset
+            # ourselves, so no autoreset transition ever reaches the buffer
+            rb.add(obs, action, reward, next_obs, terminated, truncated)
+            obs = next_obs
+            if terminated or truncated:
+                obs, _ = env.reset()
 
-            # 1) encoder + latent dynamics: self-predictive loss over the horizon H (paper Eq. L_rep)
-            if dynamics is not None:
-                H = args.horizon
-                rep_loss = self_predictive_loss(
-                    encoder, target_encoder, dynamics, batch["obs"][:, :H], batch["actions"][:, :H],
-                    batch["next_obs"][:, :H], batch["valid"][:, :H], args.rho,
+            # ALGO LOGIC: training.
+            if global_step >= args.learning_starts:
+                update_start = time.perf_counter()
+                batch = {k: torch.as_tensor(v, device=device) for k, v in rb.sample(args.batch_size).items()}
+
+                # 1) encoder + latent dynamics: L_rep over the horizon H, all H steps' targets in one forward pass
+                if has_encoder:
+                    H = args.horizon
+                    with amp:
+                        with torch.no_grad():
+                            targets = target_encoder(batch["next_obs"][:, :H])  # f(e_bar(o_{t+h+1})) [B, H, D]
+                        predictions = dynamics.rollout(encoder(batch["obs"][:, 0]), batch["actions"][:, :H])
+                    cos = F.cosine_similarity(predictions.float(), targets.float(), dim=-1)  # [B, H]
+                    rep_loss = ((1.0 - cos) * batch["valid"][:, :H]).mean(0).mul(rho_powers).sum()
+                    optimizers["representation"].zero_grad(set_to_none=True)
+                    rep_loss.backward()
+                    enc_grad_norm = nn.utils.clip_grad_norm_(representation_params, args.enc_grad_clip)
+                    optimizers["representation"].step()
+                    with torch.no_grad():
+                        torch._foreach_lerp_(target_encoder_params, encoder_params, args.enc_tau)  # e_bar <- EMA(e_theta)
+
+                # 2) critics on the *detached* online latent (no critic gradient into e_theta); z_t and z_{t+m} in one pass
+                reward_sum, last, bootstrap_coef = n_step_targets(
+                    batch["rewards"], batch["terminated"], batch["valid"], args.gamma, args.n_step
                 )
-                rep_optimizer.zero_grad()
-                rep_loss.backward()
-                enc_grad_norm = nn.utils.clip_grad_norm_(representation_params, args.enc_grad_clip)
-                rep_optimizer.step()
-                # momentum encoder: theta_bar <- (1 - tau) theta_bar + tau theta, every update
-                with torch.no_grad():
-                    for param, target_param in zip(encoder.parameters(), target_encoder.parameters()):
-                        target_param.lerp_(param, args.enc_tau)
+                actions_t = batch["actions"][:, 0]
+                with torch.no_grad(), amp:
+                    bootstrap_obs = batch["next_obs"][torch.arange(args.batch_size, device=device), last]
+                    z, z_bootstrap = encoder(torch.cat([batch["obs"][:, 0], bootstrap_obs])).split(args.batch_size)
+                    # target policy smoothing: a~ = pi_bar(z') + clip(eps, -c, c) * scale, eps ~ N(0, sigma^2)
+                    clipped_noise = (torch.randn_like(actions_t) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip)
+                    next_actions = target_actor(z_bootstrap) + clipped_noise * action_scale
+                    next_actions = next_actions.clamp(action_low_t, action_high_t)
+                    # clipped double Q: min over 2 target critics (iQRL: 2 drawn from the ensemble, REDQ-style)
+                    sampled = torch.randperm(num_critics, device=device)[: args.num_sampled_critics] if iqrl else None
+                    min_q_next = target_critics(z_bootstrap, next_actions, sampled).float().min(0).values
+                    td_target = reward_sum + bootstrap_coef * min_q_next
+                with amp:
+                    q_values = critics(z, actions_t).float()  # [E, B]
+                qf_loss = (q_values - td_target).pow(2).mean(1).sum()  # sum over critics of each one's MSE
+                optimizers["critics"].zero_grad(set_to_none=True)
+                qf_loss.backward()
+                optimizers["critics"].step()
+                if iqrl and args.critic_target_every_step:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(target_critic_params, critic_params, args.tau)
 
-            # 2) critics on the *detached* online latent z = f(e_theta(o)) (no critic gradient into e_theta)
-            reward_sum, last, bootstrap_coef = n_step_targets(
-                batch["rewards"], batch["terminated"], batch["valid"], args.gamma, args.n_step
-            )
-            with torch.no_grad():
-                z = encoder(batch["obs"][:, 0])
-                bootstrap_obs = batch["next_obs"][torch.arange(args.batch_size, device=device), last]
-                z_bootstrap = encoder(bootstrap_obs)
-                # target policy smoothing: a~ = pi_bar(z') + clip(eps, -c, c), eps ~ N(0, sigma^2)
-                clipped_noise = (torch.randn_like(batch["actions"][:, 0]) * args.policy_noise).clamp(
-                    -args.noise_clip, args.noise_clip
-                ) * action_scale
-                next_actions = (target_actor(z_bootstrap) + clipped_noise).clamp(
-                    torch.as_tensor(action_low, device=device), torch.as_tensor(action_high, device=device)
-                )
-                # clipped double Q: min over the two target critics
-                min_q_next = torch.min(qf1_target(z_bootstrap, next_actions), qf2_target(z_bootstrap, next_actions))
-                td_target = reward_sum + bootstrap_coef * min_q_next.view(-1)
-            actions_t = batch["actions"][:, 0]
-            qf1_a_values = qf1(z, actions_t).view(-1)
-            qf2_a_values = qf2(z, actions_t).view(-1)
-            qf1_loss = F.mse_loss(qf1_a_values, td_target)
-            qf2_loss = F.mse_loss(qf2_a_values, td_target)
-            qf_loss = qf1_loss + qf2_loss
-            q_optimizer.zero_grad()
-            qf_loss.backward()
-            q_optimizer.step()
+                # 3) delayed actor (and TD3's delayed targets)
+                if num_updates % args.policy_frequency == 0:
+                    # iQRL: mean of 2 critics drawn afresh (official code); TD3: Q1 alone
+                    members = torch.randperm(num_critics, device=device)[: args.num_sampled_critics] if iqrl else q1_only
+                    critics.requires_grad_(False)  # the actor's gradient only; no critic weight gradients to compute
+                    with amp:
+                        actor_loss = -critics(z, actor(z), members).float().mean()
+                    optimizers["actor"].zero_grad(set_to_none=True)
+                    actor_loss.backward()
+                    optimizers["actor"].step()
+                    critics.requires_grad_(True)
+                    with torch.no_grad():
+                        torch._foreach_lerp_(target_actor_params, actor_params, args.tau)
+                        if not (iqrl and args.critic_target_every_step):
+                            torch._foreach_lerp_(target_critic_params, critic_params, args.tau)
+                update_time += time.perf_counter() - update_start
+                num_updates += 1
 
-            # 3) delayed actor and soft target updates (TD3)
-            if num_updates % args.policy_frequency == 0:
-                # paper's L_pi: maximise min_k q_k(z, pi(z)) (CleanRL's TD3 uses qf1 alone)
-                policy_actions = actor(z)
-                actor_loss = -torch.min(qf1(z, policy_actions), qf2(z, policy_actions)).mean()
-                actor_optimizer.zero_grad()
-                actor_loss.backward()
-                actor_optimizer.step()
-                with torch.no_grad():
-                    for net, target_net in ((actor, target_actor), (qf1, qf1_target), (qf2, qf2_target)):
-                        for param, target_param in zip(net.parameters(), target_net.parameters()):
-                            target_param.lerp_(param, args.tau)
-            num_updates += 1
-            update_time += time.time() - update_start
+                if (num_updates - 1) % args.log_every == 0:
+                    for j in range(num_critics):
+                        writer.add_scalar(f"losses/qf{j + 1}_values", q_values[j].mean().item(), global_step)
+                    writer.add_scalar("losses/qf_loss", qf_loss.item() / num_critics, global_step)
+                    writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+                    writer.add_scalar("charts/exploration_noise", exploration_std, global_step)
+                    writer.add_scalar("charts/updates_per_second", (num_updates - start_updates) / update_time, global_step)
+                    if has_encoder:
+                        writer.add_scalar("losses/representation_loss", rep_loss.item(), global_step)
+                        writer.add_scalar("losses/encoder_grad_norm", enc_grad_norm.item(), global_step)
+                        diag_obs = rb.obs[diag_rng.choice(rb.size, min(rb.size, latent_dim), replace=False)]
+                        diagnostics = representation_diagnostics(encoder, torch.as_tensor(diag_obs, device=device))
+                        for key, value in diagnostics.items():
+                            writer.add_scalar(f"representation/{key}", value, global_step)
 
-            if log_now:
-                writer.add_scalar("losses/qf1_values", qf1_a_values.mean().item(), global_step)
-                writer.add_scalar("losses/qf2_values", qf2_a_values.mean().item(), global_step)
-                writer.add_scalar("losses/qf1_loss", qf1_loss.item(), global_step)
-                writer.add_scalar("losses/qf2_loss", qf2_loss.item(), global_step)
-                writer.add_scalar("losses/qf_loss", qf_loss.item() / 2.0, global_step)
-                writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
-                writer.add_scalar("charts/exploration_noise", exploration_std, global_step)
-                if dynamics is not None:
-                    writer.add_scalar("losses/representation_loss", rep_loss.item(), global_step)
-                    writer.add_scalar("losses/encoder_grad_norm", enc_grad_norm.item(), global_step)
-                    for tol in (1e-1, 1e-2, 1e-3):
-                        writer.add_scalar(f"charts/latent_rank_pct_tol{tol:.0e}", latent_rank_percent(z, tol), global_step)
-                    if not args.no_fsq:
-                        usage = codebook_usage(encoder.quantizer, z)
-                        writer.add_histogram("charts/codebook_usage_per_group", usage, global_step)
-                        writer.add_scalar("charts/codebook_usage_mean", usage.mean().item(), global_step)
-                        writer.add_scalar("charts/codebook_usage_min", usage.min().item(), global_step)
-                sps = int(global_step / (time.time() - start_time))
-                print("SPS:", sps)
+            global_step += 1
+            progress.update(1)
+            if global_step % 1000 == 0:
+                sps = int((global_step - start_step) / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("charts/updates_per_second", num_updates / update_time, global_step)
-
+                progress.set_postfix(SPS=sps, ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-", refresh=False)
+            if stop.requested or (args.save_every and global_step % args.save_every == 0):
+                save_checkpoint()
+            if stop.requested:
+                progress.close()
+                writer.close()
+                stop.exit(f"checkpoint at {checkpoint_path} (global_step={global_step}); "
+                          f"resume with: python iqrl_td3.py --resume {checkpoint_path}")
+    progress.close()
     env.close()
-    train_time = time.time() - start_time
-    print(f"trained {args.total_timesteps} steps, {num_updates} updates in {train_time:.1f}s "
-          f"({1000 * update_time / max(num_updates, 1):.2f} s per 1k updates)")
+    save_checkpoint()
+    print(f"trained to global_step={global_step} ({num_updates} updates) in {time.time() - start_time:.1f}s; "
+          f"s_per_1k_updates={1000 * update_time / max(num_updates - start_updates, 1):.4f}")
+    print(f"checkpoint saved to {checkpoint_path}")
 
-    # final representation diagnostics on a replay batch (printed so benchmarks can parse them)
-    if dynamics is not None and rb.size > 0:
-        with torch.no_grad():
-            z_final = encoder(torch.as_tensor(rb.sample(args.batch_size)["obs"][:, 0], device=device))
-        for tol in (1e-1, 1e-2, 1e-3):
-            print(f"final_latent_rank_pct_tol{tol:.0e}={latent_rank_percent(z_final, tol):.2f}")
-    if num_updates > 0:
-        print(f"s_per_1k_updates={1000 * update_time / num_updates:.4f}")
-
-    if args.save_model:
-        model_path = os.path.join(run_dir, f"{args.exp_name}.cleanrl_model")
-        modules = {"actor": actor, "qf1": qf1, "qf2": qf2}
-        if dynamics is not None:
-            modules.update(encoder=encoder, target_encoder=target_encoder, dynamics=dynamics)
-        metadata = {
-            "mode": mode,
-            "args": {k: (list(v) if isinstance(v, list) else v) for k, v in vars(args).items()},
-            "obs_dim": obs_dim,
-            "act_dim": act_dim,
-            "latent_dim": latent_dim,
-            "global_step": args.total_timesteps,
-            "num_updates": num_updates,
-        }
-        save_checkpoint(model_path, modules, metadata)
-        print(f"model saved to {model_path}")
-
+    if has_encoder:  # final diagnostics on D fresh replay observations (printed so benchmarks can parse them)
+        diag_obs = rb.obs[diag_rng.choice(rb.size, min(rb.size, latent_dim), replace=False)]
+        diagnostics = representation_diagnostics(encoder, torch.as_tensor(diag_obs, device=device))
+        print(" ".join(f"final_{key.replace('/', '_')}={value:.4g}" for key, value in diagnostics.items()))
     if args.eval_episodes > 0:
-        returns = evaluate(encoder, actor, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+        returns = evaluate(encoder, actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, bf16)
         for episode, episodic_return in enumerate(returns):
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
         print(f"eval_return_mean={np.mean(returns):.2f} eval_return_std={np.std(returns):.2f}")
