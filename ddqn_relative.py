@@ -21,6 +21,7 @@ agent step repeats its action for `--action-repeat` frames and sums their reward
     python ddqn_relative.py --bg-color green --no-relative    # absolute baseline
     python ddqn_relative.py --resume runs/<run_name>/agent.pt # continue a run from its checkpoint
 """
+
 import functools
 import os
 import random
@@ -229,8 +230,14 @@ class Encoder(nn.Module):
     `relative`, each frame's embedding is projected on the anchors (R3L projects stacked frames one
     by one and concatenates them). Output size: frame_stack * (num_anchors if relative else 3136)."""
 
-    def __init__(self, frame_stack: int = 1, relative: bool = True, num_anchors: int = 3136,
-                 anchor_ema: float = 0.999, standardize: bool = False):
+    def __init__(
+        self,
+        frame_stack: int = 1,
+        relative: bool = True,
+        num_anchors: int = 3136,
+        anchor_ema: float = 0.999,
+        standardize: bool = False,
+    ):
         super().__init__()
         self.frame_stack = frame_stack
         self.cnn = nn.Sequential(
@@ -285,8 +292,9 @@ class QNetwork(nn.Module):
         return self.forward(latent).argmax(dim=-1)
 
 
-def double_dqn_target(rewards: torch.Tensor, terminations: torch.Tensor, next_q_online: torch.Tensor,
-                      next_q_target: torch.Tensor, gamma: float) -> torch.Tensor:
+def double_dqn_target(
+    rewards: torch.Tensor, terminations: torch.Tensor, next_q_online: torch.Tensor, next_q_target: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """Double DQN target (van Hasselt et al. 2016, eq. 4): the online network picks the next action,
     the target network values it,
 
@@ -377,7 +385,7 @@ class FrameReplayBuffer:
 
     def _write_frames(self, obs: np.ndarray) -> int:
         p = self.pos
-        self.frames[:, p] = obs[:, -self.channels:]  # the newest frame is last along the channel axis
+        self.frames[:, p] = obs[:, -self.channels :]  # the newest frame is last along the channel axis
         readers = (p + 1 + np.arange(self.frame_stack)) % self.positions  # transitions that may read position p
         self.valid[:, readers] &= ~(self.stack[:, readers, :-1] == p).any(-1)
         self.pos = (p + 1) % self.positions
@@ -435,32 +443,52 @@ def validate_args(args: Args) -> None:
         (args.frame_stack >= 1, "--frame-stack", args.frame_stack, "an integer >= 1"),
         (args.action_repeat >= 1, "--action-repeat", args.action_repeat, "an integer >= 1"),
         (args.progress_patience >= 0, "--progress-patience", args.progress_patience, "an integer >= 0 (0: never)"),
-        (1 <= args.num_anchors <= anchor_pool, "--num-anchors", args.num_anchors,
-         f"an integer in [1, {anchor_pool}] (the anchor pool: 4 tracks * --anchor-steps-per-track)"),
+        (
+            1 <= args.num_anchors <= anchor_pool,
+            "--num-anchors",
+            args.num_anchors,
+            f"an integer in [1, {anchor_pool}] (the anchor pool: 4 tracks * --anchor-steps-per-track)",
+        ),
         (0.0 <= args.anchor_ema < 1.0, "--anchor-ema", args.anchor_ema, "a float in [0, 1)"),
         (args.anchor_steps_per_track >= 1, "--anchor-steps-per-track", args.anchor_steps_per_track, "an integer >= 1"),
         (args.anchor_update_frequency >= 1, "--anchor-update-frequency", args.anchor_update_frequency, "an integer >= 1"),
         (args.num_envs >= 1, "--num-envs", args.num_envs, "an integer >= 1"),
         (args.learning_rate > 0, "--learning-rate", args.learning_rate, "a float > 0"),
-        (args.buffer_size // max(args.num_envs, 1) >= args.frame_stack + 2, "--buffer-size", args.buffer_size,
-         "an integer >= --num-envs * (--frame-stack + 2)"),
+        (
+            args.buffer_size // max(args.num_envs, 1) >= args.frame_stack + 2,
+            "--buffer-size",
+            args.buffer_size,
+            "an integer >= --num-envs * (--frame-stack + 2)",
+        ),
         (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
         (args.target_network_frequency >= 1, "--target-network-frequency", args.target_network_frequency, "an integer >= 1"),
         (args.batch_size >= 1, "--batch-size", args.batch_size, "an integer >= 1"),
         (0.0 <= args.start_e <= 1.0, "--start-e", args.start_e, "a float in [0, 1]"),
         (0.0 <= args.end_e <= 1.0, "--end-e", args.end_e, "a float in [0, 1]"),
         (0.0 < args.exploration_fraction <= 1.0, "--exploration-fraction", args.exploration_fraction, "a float in (0, 1]"),
-        (1 <= args.learning_starts <= args.buffer_size, "--learning-starts", args.learning_starts,
-         "an integer in [1, --buffer-size]"),
+        (
+            1 <= args.learning_starts <= args.buffer_size,
+            "--learning-starts",
+            args.learning_starts,
+            "an integer in [1, --buffer-size]",
+        ),
         # learning starts once the memory holds learning_starts transitions; fewer steps would train nothing
-        (args.total_timesteps > args.learning_starts, "--total-timesteps", args.total_timesteps,
-         f"an integer > --learning-starts ({args.learning_starts}): with fewer steps no gradient step is taken"),
+        (
+            args.total_timesteps > args.learning_starts,
+            "--total-timesteps",
+            args.total_timesteps,
+            f"an integer > --learning-starts ({args.learning_starts}): with fewer steps no gradient step is taken",
+        ),
         (args.train_frequency >= 1, "--train-frequency", args.train_frequency, "an integer >= 1"),
         (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (environment steps; 0: only at the end)"),
         (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
         (args.torch_threads >= 1, "--torch-threads", args.torch_threads, "an integer >= 1"),
-        (not args.capture_video or args.eval_episodes >= 1, "--capture-video with --eval-episodes",
-         args.eval_episodes, "--eval-episodes >= 1 (videos are taken during the final evaluation)"),
+        (
+            not args.capture_video or args.eval_episodes >= 1,
+            "--capture-video with --eval-episodes",
+            args.eval_episodes,
+            "--eval-episodes >= 1 (videos are taken during the final evaluation)",
+        ),
     ]
     for ok, flag, value, accepted in checks:
         if not ok:
@@ -496,16 +524,23 @@ def load_checkpoint(path: str) -> dict:
     """A validated DDQN checkpoint (`runs/{run_name}/agent.pt` or its folder); any problem is a one-line ValueError."""
     checkpoint = load_agent_checkpoint(path)
     if checkpoint["metadata"]["algorithm"] != "ddqn":
-        raise ValueError(f"{path!r} holds a {checkpoint['metadata']['algorithm']!r} agent; accepted: a ddqn_relative.py "
-                         f"runs/{{run_name}}/{AGENT_FILE}")
+        raise ValueError(
+            f"{path!r} holds a {checkpoint['metadata']['algorithm']!r} agent; accepted: a ddqn_relative.py "
+            f"runs/{{run_name}}/{AGENT_FILE}"
+        )
     return checkpoint
 
 
 def agent_from_checkpoint(checkpoint: dict, device="cpu") -> tuple[Encoder, QNetwork]:
     """Rebuild the encoder and Q-head of a checkpoint from its metadata; a mismatch is a one-line ValueError."""
     metadata, saved = checkpoint["metadata"], checkpoint["metadata"]["args"]
-    encoder = Encoder(metadata["frame_stack"], metadata["relative"], metadata["num_anchors"] or saved["num_anchors"],
-                      saved["anchor_ema"], metadata["anchor_standardize"]).to(device)
+    encoder = Encoder(
+        metadata["frame_stack"],
+        metadata["relative"],
+        metadata["num_anchors"] or saved["num_anchors"],
+        saved["anchor_ema"],
+        metadata["anchor_standardize"],
+    ).to(device)
     q_network = QNetwork(metadata["latent_dim"], metadata["num_actions"]).to(device)
     try:
         encoder.load_state_dict(checkpoint["encoder"])
@@ -516,8 +551,9 @@ def agent_from_checkpoint(checkpoint: dict, device="cpu") -> tuple[Encoder, QNet
 
 
 @torch.no_grad()
-def evaluate(encoder: Encoder, q_network: QNetwork, args: Args, episodes: int, seed: int, device,
-             video_dir: Optional[str] = None) -> list[float]:
+def evaluate(
+    encoder: Encoder, q_network: QNetwork, args: Args, episodes: int, seed: int, device, video_dir: Optional[str] = None
+) -> list[float]:
     """Greedy (argmax Q, epsilon = 0) whole episodes with the run's action repeat on fresh tracks `seed`, `seed + 1`,
     ...; returns the episodic returns. `video_dir` receives one GIF of the agent's view per episode."""
     env = make_env(args, patience=0)
@@ -535,14 +571,24 @@ def evaluate(encoder: Encoder, q_network: QNetwork, args: Args, episodes: int, s
         returns.append(episode_return)
         if video_dir is not None:
             os.makedirs(video_dir, exist_ok=True)
-            iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), np.stack(frames), duration=20, loop=0)
+            crisp = np.stack(frames).repeat(3, axis=1).repeat(3, axis=2)  # 3x nearest neighbour: crisp pixels
+            iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), crisp, duration=20, loop=0)
     env.close()
     return returns
 
 
 # run flags that may change on --resume (nanoGPT style); every other flag comes from the checkpoint
-RESUME_FREE_FLAGS = ("resume", "total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
-                     "capture_video", "runs_dir")
+RESUME_FREE_FLAGS = (
+    "resume",
+    "total_timesteps",
+    "cuda",
+    "torch_threads",
+    "precision",
+    "save_every",
+    "eval_episodes",
+    "capture_video",
+    "runs_dir",
+)
 
 
 if __name__ == "__main__":
@@ -556,23 +602,29 @@ if __name__ == "__main__":
             for name in (stored.keys() & given.keys()) - set(RESUME_FREE_FLAGS):
                 if given[name] not in (defaults[name], stored[name]):
                     free = ", ".join("--" + n.replace("_", "-") for n in RESUME_FREE_FLAGS[1:])
-                    raise ValueError(f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's "
-                                     f"{stored[name]!r}; accepted: leave it out or pass the stored value (only {free} "
-                                     "may change)")
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's "
+                        f"{stored[name]!r}; accepted: leave it out or pass the stored value (only {free} "
+                        "may change)"
+                    )
                 given[name] = stored[name]
             if given["total_timesteps"] == defaults["total_timesteps"]:  # not given: the stored budget
                 given["total_timesteps"] = stored["total_timesteps"]
             args = Args(**given)
             if checkpoint["metadata"]["global_step"] >= args.total_timesteps:
-                raise ValueError(f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
-                                 f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it")
+                raise ValueError(
+                    f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
+                    f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it"
+                )
         if args.task == "far":  # the alias of the far view of the standard task
             args.view, args.task = resolve_view_task(args.view, args.task)
         validate_args(args)
         if checkpoint is None:
             view_name = "" if args.view == "near" else f"-{args.view}"
-            run_name = (f"ColorCarRacing-{args.bg_color.lstrip('#').lower()}{view_name}-{args.task}__{args.exp_name}__"
-                        f"{args.seed}__{int(time.time())}")
+            run_name = (
+                f"ColorCarRacing-{args.bg_color.lstrip('#').lower()}{view_name}-{args.task}__{args.exp_name}__"
+                f"{args.seed}__{int(time.time())}"
+            )
             run_dir = os.path.join(ensure_writable_dir(args.runs_dir, "--runs-dir"), run_name)
         else:  # continue logging next to the checkpoint
             run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.abspath(args.resume))
@@ -584,8 +636,10 @@ if __name__ == "__main__":
         if anchor_set is not None:
             print(f"anchor set {anchor_set.set_id} ({args.bg_color}, {args.view} view): {anchor_set.source}")
         if checkpoint is not None and args.relative and checkpoint["metadata"]["anchor_set_id"] != anchor_set.set_id:
-            raise ValueError(f"--resume {args.resume!r} used anchor set {checkpoint['metadata']['anchor_set_id']!r}, this "
-                             f"installation builds {anchor_set.set_id!r}; accepted: a checkpoint of the current anchor recipe")
+            raise ValueError(
+                f"--resume {args.resume!r} used anchor set {checkpoint['metadata']['anchor_set_id']!r}, this "
+                f"installation builds {anchor_set.set_id!r}; accepted: a checkpoint of the current anchor recipe"
+            )
     except ValueError as e:
         fail(str(e))
 
@@ -638,26 +692,43 @@ if __name__ == "__main__":
             torch.set_rng_state(state["torch_rng"])
             rng.bit_generator.state = state["numpy_rng"]
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            fail(f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
-                 "accepted: an unmodified ddqn_relative.py checkpoint")
-        tqdm.write(f"resumed {run_name} at global_step={global_step}; refilling the replay memory "
-                   f"({args.learning_starts} transitions before the next gradient step)")
+            fail(
+                f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
+                "accepted: an unmodified ddqn_relative.py checkpoint"
+            )
+        tqdm.write(
+            f"resumed {run_name} at global_step={global_step}; refilling the replay memory "
+            f"({args.learning_starts} transitions before the next gradient step)"
+        )
 
     def write_checkpoint():
         """The r3l-agent-v1 contract (docs/checkpoints.md), fp32 CPU tensors whatever the precision, written atomically."""
         target = agent_payload(target_encoder, target_network, {}, {})
         training_state = {
-            "target_encoder": target["encoder"], "target_network": target["policy"], "optimizer": optimizer.state_dict(),
-            "global_step": global_step, "num_updates": num_updates, "torch_rng": torch.get_rng_state(),
+            "target_encoder": target["encoder"],
+            "target_network": target["policy"],
+            "optimizer": optimizer.state_dict(),
+            "global_step": global_step,
+            "num_updates": num_updates,
+            "torch_rng": torch.get_rng_state(),
             "numpy_rng": rng.bit_generator.state,
         }
         metadata = {
-            "algorithm": "ddqn", "bg_color": args.bg_color, "view": args.view, "task": args.task, "reward": "standard",
-            "frame_stack": args.frame_stack, "num_actions": num_actions, "relative": args.relative,
+            "algorithm": "ddqn",
+            "bg_color": args.bg_color,
+            "view": args.view,
+            "task": args.task,
+            "reward": "standard",
+            "frame_stack": args.frame_stack,
+            "num_actions": num_actions,
+            "relative": args.relative,
             "anchor_set_id": anchor_set.set_id if args.relative else None,
             "num_anchors": args.num_anchors if args.relative else None,
-            "anchor_standardize": args.relative and args.anchor_standardize, "latent_dim": encoder.latent_dim,
-            "seed": args.seed, "global_step": global_step, "args": asdict(args),
+            "anchor_standardize": args.relative and args.anchor_standardize,
+            "latent_dim": encoder.latent_dim,
+            "seed": args.seed,
+            "global_step": global_step,
+            "args": asdict(args),
         }
         save_atomic(agent_payload(encoder, q_network, metadata, training_state), checkpoint_path)
 
@@ -705,8 +776,9 @@ if __name__ == "__main__":
                         next_q_online = q_network(encoder(next_obs_b))
                         next_q_target = target_network(target_encoder(next_obs_b))
                     # Double-DQN target and Huber loss in fp32 whatever the forward precision
-                    td_target = double_dqn_target(rewards_b, terminations_b, next_q_online.float(), next_q_target.float(),
-                                                  args.gamma)
+                    td_target = double_dqn_target(
+                        rewards_b, terminations_b, next_q_online.float(), next_q_target.float(), args.gamma
+                    )
                     with amp():
                         q_all = q_network(encoder(obs_b))
                     q_values = q_all.float().gather(1, actions_b[:, None]).squeeze(1)
@@ -727,8 +799,9 @@ if __name__ == "__main__":
                         writer.add_scalar("charts/epsilon", epsilon, global_step)
                         writer.add_scalar("charts/SPS", sps, global_step)
                         recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
-                        progress.set_postfix_str(f"SPS={sps} return(last {len(recent_returns)})={recent} eps={epsilon:.2f}",
-                                                 refresh=False)
+                        progress.set_postfix_str(
+                            f"SPS={sps} return(last {len(recent_returns)})={recent} eps={epsilon:.2f}", refresh=False
+                        )
                 # hard target update every `target_network_frequency` env steps (anchor embeddings included)
                 if crossed(global_step, args.num_envs, args.target_network_frequency):
                     target_encoder.load_state_dict(encoder.state_dict())
@@ -740,8 +813,10 @@ if __name__ == "__main__":
                 write_checkpoint()
             if stop.requested:
                 progress.close()
-                stop.exit(f"checkpoint at {checkpoint_path} (global_step={global_step}); "
-                          f"resume with: python ddqn_relative.py --resume {checkpoint_path}")
+                stop.exit(
+                    f"checkpoint at {checkpoint_path} (global_step={global_step}); "
+                    f"resume with: python ddqn_relative.py --resume {checkpoint_path}"
+                )
 
     write_checkpoint()
     progress.close()
@@ -753,6 +828,8 @@ if __name__ == "__main__":
         eval_returns = evaluate(encoder, q_network, args, args.eval_episodes, args.seed + 10_000, device, video_dir)
         for episode, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
-        print(f"eval_return_mean={np.mean(eval_returns):.2f} eval_return_std={np.std(eval_returns):.2f} "
-              f"({args.eval_episodes} greedy episode{'s' if args.eval_episodes > 1 else ''} from track {args.seed + 10_000})")
+        print(
+            f"eval_return_mean={np.mean(eval_returns):.2f} eval_return_std={np.std(eval_returns):.2f} "
+            f"({args.eval_episodes} greedy episode{'s' if args.eval_episodes > 1 else ''} from track {args.seed + 10_000})"
+        )
     writer.close()

@@ -18,6 +18,7 @@ The same file holds its ablations and the standard baseline:
     python iqrl_td3.py --no-encoder     # iQRL's TD3 networks (LayerNorm + Mish, 5 critics) on raw observations
     python iqrl_td3.py --algo td3       # standard TD3 (Fujimoto et al., 2018, arXiv:1802.09477; CleanRL settings)
 """
+
 import math
 import os
 import random
@@ -364,8 +365,9 @@ def representation_diagnostics(encoder: Encoder, obs: torch.Tensor) -> dict:
 
     def ranks(z: torch.Tensor, name: str) -> dict:
         s = torch.linalg.svdvals(z)
-        return {f"{name}/tol{tol:.0e}": (s > max(tol, tol * s[0].item())).sum().item() / z.shape[1]
-                for tol in (1e-1, 1e-2, 1e-3)}
+        return {
+            f"{name}/tol{tol:.0e}": (s > max(tol, tol * s[0].item())).sum().item() / z.shape[1] for tol in (1e-1, 1e-2, 1e-3)
+        }
 
     s = torch.linalg.svdvals(pre)
     out = {**ranks(pre, "rank_pre_fsq"), "condition_number_pre_fsq": (s[0] / s[-1]).item()}
@@ -396,8 +398,10 @@ def resolve_args(args: Args) -> Args:
     try:
         gym.spec(args.env_id)
     except gym.error.Error:
-        raise ValueError(f"unknown --env-id {args.env_id!r}; accepted: a registered gymnasium id with continuous (Box) "
-                         "actions, e.g. HalfCheetah-v5, Hopper-v5, Walker2d-v5, Pendulum-v1") from None
+        raise ValueError(
+            f"unknown --env-id {args.env_id!r}; accepted: a registered gymnasium id with continuous (Box) "
+            "actions, e.g. HalfCheetah-v5, Hopper-v5, Walker2d-v5, Pendulum-v1"
+        ) from None
     ints = {"n-step": args.n_step, "horizon": args.horizon, "latent-dim": args.latent_dim, "batch-size": args.batch_size,
             "total-timesteps": args.total_timesteps, "learning-starts": args.learning_starts, "torch-threads":
             args.torch_threads, "policy-frequency": args.policy_frequency, "log-every": args.log_every,
@@ -407,28 +411,50 @@ def resolve_args(args: Args) -> Args:
         if value < 1:
             raise ValueError(f"bad --{flag} {value}; accepted: an integer >= 1")
     checks = [
-        (min(args.fsq_levels, default=0) >= 2, "--fsq-levels", args.fsq_levels,
-         "one or more integers >= 2, e.g. 8 8 or 8 6 5"),
+        (
+            min(args.fsq_levels, default=0) >= 2,
+            "--fsq-levels",
+            args.fsq_levels,
+            "one or more integers >= 2, e.g. 8 8 or 8 6 5",
+        ),
         (0.0 < args.rho <= 1.0, "--rho", args.rho, "a float in (0, 1]"),
         (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
         (0.0 < args.tau <= 1.0, "--tau", args.tau, "a float in (0, 1]"),
         (0.0 < args.enc_tau <= 1.0, "--enc-tau", args.enc_tau, "a float in (0, 1]"),
-        (args.buffer_size > max(args.horizon, args.n_step), "--buffer-size", args.buffer_size,
-         "an integer > max(--horizon, --n-step)"),
-        (min(args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end) >= 0,
-         "--policy-noise/--noise-clip/--exploration-noise-*",
-         (args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end),
-         "non-negative floats"),
+        (
+            args.buffer_size > max(args.horizon, args.n_step),
+            "--buffer-size",
+            args.buffer_size,
+            "an integer > max(--horizon, --n-step)",
+        ),
+        (
+            min(args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end) >= 0,
+            "--policy-noise/--noise-clip/--exploration-noise-*",
+            (args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end),
+            "non-negative floats",
+        ),
         (min(args.mlp_dims) >= 1, "--mlp-dims", args.mlp_dims, "one or more positive integers"),
         (min(args.enc_mlp_dims, default=1) >= 1, "--enc-mlp-dims", args.enc_mlp_dims, "positive integers"),
-        (args.num_sampled_critics <= args.num_critics, "--num-sampled-critics", args.num_sampled_critics,
-         f"an integer in [1, --num-critics {args.num_critics}]"),
+        (
+            args.num_sampled_critics <= args.num_critics,
+            "--num-sampled-critics",
+            args.num_sampled_critics,
+            f"an integer in [1, --num-critics {args.num_critics}]",
+        ),
         (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
         (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (environment steps; 0: only at the end)"),
-        (args.encoder or args.fsq, "--no-encoder with --no-fsq", "both set",
-         "at most one of the two (--no-encoder has no FSQ)"),
-        (args.total_timesteps > args.learning_starts, "--total-timesteps", args.total_timesteps,
-         f"more than --learning-starts {args.learning_starts}, or the run makes zero gradient steps"),
+        (
+            args.encoder or args.fsq,
+            "--no-encoder with --no-fsq",
+            "both set",
+            "at most one of the two (--no-encoder has no FSQ)",
+        ),
+        (
+            args.total_timesteps > args.learning_starts,
+            "--total-timesteps",
+            args.total_timesteps,
+            f"more than --learning-starts {args.learning_starts}, or the run makes zero gradient steps",
+        ),
     ]
     for ok, flag, value, accepted in checks:
         if not ok:
@@ -439,8 +465,10 @@ def resolve_args(args: Args) -> Args:
 def make_env(env_id: str, seed: int) -> gym.Env:
     env = gym.make(env_id)
     if not isinstance(env.action_space, gym.spaces.Box) or len(env.observation_space.shape or ()) != 1:
-        raise ValueError(f"--env-id {env_id!r} has action space {env.action_space} and observation space "
-                         f"{env.observation_space}; accepted: continuous (Box) actions and flat vector observations")
+        raise ValueError(
+            f"--env-id {env_id!r} has action space {env.action_space} and observation space "
+            f"{env.observation_space}; accepted: continuous (Box) actions and flat vector observations"
+        )
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env.action_space.seed(seed)
     return env
@@ -479,23 +507,30 @@ if __name__ == "__main__":
             for name, value in asdict(cli).items():  # a changed architecture flag cannot silently be ignored
                 changed = value != defaults[name] and value != saved.get(name)
                 if changed and name not in RESUMABLE and name != "eval_checkpoint":
-                    raise ValueError(f"--{name.replace('_', '-')} {value} differs from the checkpoint's {saved.get(name)}; "
-                                     f"accepted on {flag}: only --{', --'.join(n.replace('_', '-') for n in RESUMABLE)}")
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} {value} differs from the checkpoint's {saved.get(name)}; "
+                        f"accepted on {flag}: only --{', --'.join(n.replace('_', '-') for n in RESUMABLE)}"
+                    )
             given = {name: getattr(cli, name) for name in RESUMABLE if getattr(cli, name) != defaults[name]}
             args = Args(**{**saved, **given, "resume": cli.resume, "eval_checkpoint": cli.eval_checkpoint})
         else:
             args = cli
         args = resolve_args(args)
         if checkpoint is not None and checkpoint["global_step"] >= args.total_timesteps and args.eval_checkpoint is None:
-            raise ValueError(f"bad --total-timesteps {args.total_timesteps}; accepted: more than the checkpoint's "
-                             f"global_step {checkpoint['global_step']}")
+            raise ValueError(
+                f"bad --total-timesteps {args.total_timesteps}; accepted: more than the checkpoint's "
+                f"global_step {checkpoint['global_step']}"
+            )
         device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
         bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
         torch.set_num_threads(args.torch_threads)
         env = make_env(args.env_id, args.seed)
         if args.eval_checkpoint is None:
-            run_dir = (os.path.dirname(path) if checkpoint is not None else
-                       os.path.join(args.runs_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"))
+            run_dir = (
+                os.path.dirname(path)
+                if checkpoint is not None
+                else os.path.join(args.runs_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
+            )
             ensure_writable_dir(run_dir, "--resume" if checkpoint is not None else "--runs-dir")
     except ValueError as e:
         fail(str(e))
@@ -547,8 +582,9 @@ if __name__ == "__main__":
             module.load_state_dict(checkpoint["modules"][name])
         if args.eval_checkpoint is not None:
             returns = evaluate(encoder, actor, args.env_id, max(args.eval_episodes, 1), args.seed + 10_000, device, bf16)
-            print(f"eval {args.env_id} ({mode}): eval_return_mean={np.mean(returns):.2f} "
-                  f"eval_return_std={np.std(returns):.2f}")
+            print(
+                f"eval {args.env_id} ({mode}): eval_return_mean={np.mean(returns):.2f} eval_return_std={np.std(returns):.2f}"
+            )
             raise SystemExit(0)
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(checkpoint["optimizers"][name])
@@ -712,13 +748,17 @@ if __name__ == "__main__":
             if stop.requested:
                 progress.close()
                 writer.close()
-                stop.exit(f"checkpoint at {checkpoint_path} (global_step={global_step}); "
-                          f"resume with: python iqrl_td3.py --resume {checkpoint_path}")
+                stop.exit(
+                    f"checkpoint at {checkpoint_path} (global_step={global_step}); "
+                    f"resume with: python iqrl_td3.py --resume {checkpoint_path}"
+                )
     progress.close()
     env.close()
     save_checkpoint()
-    print(f"trained to global_step={global_step} ({num_updates} updates) in {time.time() - start_time:.1f}s; "
-          f"s_per_1k_updates={1000 * update_time / max(num_updates - start_updates, 1):.4f}")
+    print(
+        f"trained to global_step={global_step} ({num_updates} updates) in {time.time() - start_time:.1f}s; "
+        f"s_per_1k_updates={1000 * update_time / max(num_updates - start_updates, 1):.4f}"
+    )
     print(f"checkpoint saved to {checkpoint_path}")
 
     if has_encoder:  # final diagnostics on D fresh replay observations (printed so benchmarks can parse them)

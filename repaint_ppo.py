@@ -828,7 +828,8 @@ if __name__ == "__main__":
         video_dir = os.path.join("videos", os.path.basename(run_dir))
         for episode, episode_frames in enumerate(frames if args.capture_video else ()):
             os.makedirs(video_dir, exist_ok=True)
-            iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), np.stack(episode_frames), duration=20, loop=0)
+            crisp = np.stack(episode_frames).repeat(3, axis=1).repeat(3, axis=2)  # 3x nearest neighbour: crisp pixels
+            iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), crisp, duration=20, loop=0)
         for episode, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
         print(

@@ -358,6 +358,8 @@ def run_episode(job: Job) -> dict:
     action_counts = [0] * int(env.action_space.n)
     episode_return, max_return, length, done = 0.0, -np.inf, 0, False
     frames, returns = [obs[-3:].transpose(1, 2, 0)], [0.0]  # the newest RGB frame of the stack, (84, 84, 3)
+    # a controller acts at its own rate: DDQN trained with --action-repeat k holds each action for k frames
+    repeat = int(policy_meta.get("args", {}).get("action_repeat", 1))
     while not done and length < limit:
         if rng.random() < job.epsilon:
             policy_action = int(rng.integers(policy_meta["num_actions"]))
@@ -367,15 +369,18 @@ def run_episode(job: Job) -> dict:
                 latent = apply_translation(translation, latent, encoder_meta["frame_stack"])
             policy_action = int(policy.greedy_action(latent)[0])
         action = job.actions[policy_action]
-        action_counts[action] += 1
-        obs, reward, terminated, truncated, _ = env.step(action)
-        episode_return += reward
-        max_return = max(max_return, episode_return)  # Table 1: the best return reached during the episode
-        length += 1
-        done = terminated or truncated
-        if job.frames_path is not None:
-            frames.append(obs[-3:].transpose(1, 2, 0))
-            returns.append(episode_return)
+        for _ in range(repeat):
+            action_counts[action] += 1
+            obs, reward, terminated, truncated, _ = env.step(action)
+            episode_return += reward
+            max_return = max(max_return, episode_return)  # Table 1: the best return reached during the episode
+            length += 1
+            done = terminated or truncated
+            if job.frames_path is not None:
+                frames.append(obs[-3:].transpose(1, 2, 0))
+                returns.append(episode_return)
+            if done or length >= limit:
+                break
     env.close()
     if job.frames_path is not None:
         np.savez_compressed(job.frames_path, frames=np.stack(frames), returns=np.asarray(returns))

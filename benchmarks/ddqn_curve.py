@@ -8,6 +8,7 @@ Training returns come from epsilon-greedy episodes (and from episodes cut by `--
 points are greedy (epsilon 0) whole episodes with the run's action repeat on tracks 20000, 20001, ... (`--first-track`;
 the script's own final evaluation uses seed + 10000, ...), each checkpoint on the same tracks.
 """
+
 import argparse
 import csv
 import glob
@@ -44,8 +45,11 @@ def evaluate_checkpoints(pattern: str, episodes: int, first_track: int) -> list[
         encoder, q_network = agent_from_checkpoint(checkpoint)
         returns = evaluate(encoder, q_network, args, episodes, first_track, torch.device("cpu"))
         points[metadata["global_step"]] = (float(np.mean(returns)), float(np.std(returns)), returns)
-        print(f"{path}: global_step={metadata['global_step']} eval_return_mean={np.mean(returns):.1f} "
-              f"eval_return_std={np.std(returns):.1f} returns={[round(r, 1) for r in returns]}", flush=True)
+        print(
+            f"{path}: global_step={metadata['global_step']} eval_return_mean={np.mean(returns):.1f} "
+            f"eval_return_std={np.std(returns):.1f} returns={[round(r, 1) for r in returns]}",
+            flush=True,
+        )
     return [(step, *points[step]) for step in sorted(points)]
 
 
@@ -85,9 +89,16 @@ def main():
         ax.plot(steps[args.window - 1 :], smooth, color="tab:blue", label=f"moving average ({args.window} episodes)")
     if points:
         s, m, sd = (np.array([p[i] for p in points]) for i in range(3))
-        ax.errorbar(s, m, yerr=sd, color="tab:red", marker="o", capsize=3,
-                    label=f"greedy evaluation, whole episodes (mean +- std over {args.eval_episodes} track"
-                          f"{'s' if args.eval_episodes > 1 else ''})")
+        ax.errorbar(
+            s,
+            m,
+            yerr=sd,
+            color="tab:red",
+            marker="o",
+            capsize=3,
+            label=f"greedy evaluation, whole episodes (mean +- std over {args.eval_episodes} track"
+            f"{'s' if args.eval_episodes > 1 else ''})",
+        )
     ax.set_xlabel("environment steps (x action repeat = frames)")
     ax.set_ylabel("episode return")
     ax.set_title(Path(matches[0]).name.split("__")[0] + " DDQN", fontsize=10)
@@ -95,8 +106,10 @@ def main():
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(f"{args.out_prefix}.png", dpi=120)
-    print(f"wrote {args.out_prefix}.csv{', ' + args.out_prefix + '_eval.csv' if points else ''} and {args.out_prefix}.png "
-          f"({len(returns)} training episodes, {len(points)} evaluated checkpoints)")
+    print(
+        f"wrote {args.out_prefix}.csv{', ' + args.out_prefix + '_eval.csv' if points else ''} and {args.out_prefix}.png "
+        f"({len(returns)} training episodes, {len(points)} evaluated checkpoints)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ memory's size per 100k transitions.
 acting forward (batch 1), one anchor EMA step and one environment step, with the script's own networks, in fp32 and bf16 and
 with the CNN in channels_last memory format or not, and gives the training steps per CPU-second of each.
 """
+
 import argparse
 import contextlib
 import sys
@@ -90,9 +91,12 @@ def components(args) -> None:
             updates_per_step = 1 / args.train_frequency
             per_step = env_step + acting + updates_per_step * (grad + ema / args.anchor_update_frequency)
             rows.append((precision, channels_last, grad, acting, ema, 1 / per_step))
-            print(f"{precision} channels_last={channels_last!s:<5}  gradient step {1000 * grad:6.1f} ms  "
-                  f"act {1000 * acting:5.1f} ms  anchor EMA {1000 * ema:7.1f} ms  -> {1 / per_step:5.1f} training steps "
-                  "per CPU-second", flush=True)
+            print(
+                f"{precision} channels_last={channels_last!s:<5}  gradient step {1000 * grad:6.1f} ms  "
+                f"act {1000 * acting:5.1f} ms  anchor EMA {1000 * ema:7.1f} ms  -> {1 / per_step:5.1f} training steps "
+                "per CPU-second",
+                flush=True,
+            )
     base = rows[0][-1]
     for precision, channels_last, *_, speed in rows:
         print(f"{precision} channels_last={channels_last!s:<5}  {speed / base:.2f}x fp32 (contiguous)")
@@ -130,8 +134,10 @@ def main():
     print(ratio_table(runs, "relative fp32"))
     med = medians(runs)
     ratio = med[f"relative default ({default})"]["sps"] / med["relative fp32"]["sps"]
-    print(f"SPS ratio default ({default}) / fp32 = {ratio:.2f} ({args.steps} steps, learning from step "
-          f"{args.learning_starts}, {args.num_anchors} anchors, {args.repeats} rounds)")
+    print(
+        f"SPS ratio default ({default}) / fp32 = {ratio:.2f} ({args.steps} steps, learning from step "
+        f"{args.learning_starts}, {args.num_anchors} anchors, {args.repeats} rounds)"
+    )
 
 
 if __name__ == "__main__":

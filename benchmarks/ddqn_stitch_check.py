@@ -12,6 +12,7 @@ the controller's action repeat (DDQN: metadata.args.action_repeat; PPO: 1), whol
 Precision agreement: during the DDQN agent's own episodes, every observation also goes through the networks under bf16
 autocast; the fraction of steps with the same argmax is printed (the policy a bf16-trained or bf16-run agent follows).
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -27,8 +28,13 @@ from envs.checkpoint import load_agent_checkpoint  # noqa: E402
 
 def ppo_agent(checkpoint: dict):
     metadata, saved = checkpoint["metadata"], checkpoint["metadata"]["args"]
-    encoder = ppo.Encoder(metadata["frame_stack"], metadata["relative"], metadata["num_anchors"] or saved["num_anchors"],
-                          saved["anchor_ema"], metadata["anchor_standardize"])
+    encoder = ppo.Encoder(
+        metadata["frame_stack"],
+        metadata["relative"],
+        metadata["num_anchors"] or saved["num_anchors"],
+        saved["anchor_ema"],
+        metadata["anchor_standardize"],
+    )
     policy = ppo.Policy(metadata["latent_dim"], metadata["num_actions"])
     encoder.load_state_dict(checkpoint["encoder"])
     policy.load_state_dict(checkpoint["policy"])
@@ -36,10 +42,22 @@ def ppo_agent(checkpoint: dict):
 
 
 @torch.no_grad()
-def play(encoder, controller, metadata_enc: dict, metadata_ctl: dict, action_repeat: int, episodes: int,
-         agreement: list | None = None) -> list[float]:
-    args = ddqn.Args(bg_color=metadata_enc["bg_color"], view=metadata_enc["view"], task=metadata_ctl["task"],
-                     frame_stack=metadata_ctl["frame_stack"], action_repeat=action_repeat)
+def play(
+    encoder,
+    controller,
+    metadata_enc: dict,
+    metadata_ctl: dict,
+    action_repeat: int,
+    episodes: int,
+    agreement: list | None = None,
+) -> list[float]:
+    args = ddqn.Args(
+        bg_color=metadata_enc["bg_color"],
+        view=metadata_enc["view"],
+        task=metadata_ctl["task"],
+        frame_stack=metadata_ctl["frame_stack"],
+        action_repeat=action_repeat,
+    )
     env = ddqn.make_env(args, patience=0)
     returns = []
     for episode in range(episodes):
@@ -69,8 +87,10 @@ def main():
     ddqn_checkpoint, ppo_checkpoint = ddqn.load_checkpoint(args.ddqn_checkpoint), load_agent_checkpoint(args.ppo_checkpoint)
     dm, pm = ddqn_checkpoint["metadata"], ppo_checkpoint["metadata"]
     if (dm["anchor_set_id"], dm["latent_dim"]) != (pm["anchor_set_id"], pm["latent_dim"]):
-        sys.exit(f"error: anchor set / latent size differ ({dm['anchor_set_id']}/{dm['latent_dim']} vs "
-                 f"{pm['anchor_set_id']}/{pm['latent_dim']}); accepted: two relative agents of the same anchor set")
+        sys.exit(
+            f"error: anchor set / latent size differ ({dm['anchor_set_id']}/{dm['latent_dim']} vs "
+            f"{pm['anchor_set_id']}/{pm['latent_dim']}); accepted: two relative agents of the same anchor set"
+        )
     ddqn_encoder, q_network = ddqn.agent_from_checkpoint(ddqn_checkpoint)
     ppo_encoder, ppo_policy = ppo_agent(ppo_checkpoint)
     repeat = dm["args"]["action_repeat"]
@@ -81,12 +101,16 @@ def main():
         "DDQN encoder -> PPO policy": play(ddqn_encoder, ppo_policy, dm, pm, 1, args.episodes),
         "PPO encoder -> PPO policy (own)": play(ppo_encoder, ppo_policy, pm, pm, 1, args.episodes),
     }
-    print(f"DDQN {args.ddqn_checkpoint} (step {dm['global_step']}), PPO {args.ppo_checkpoint} (step {pm['global_step']}), "
-          f"anchor set {dm['anchor_set_id']}, {args.episodes} track{'s' if args.episodes > 1 else ''} from 30000")
+    print(
+        f"DDQN {args.ddqn_checkpoint} (step {dm['global_step']}), PPO {args.ppo_checkpoint} (step {pm['global_step']}), "
+        f"anchor set {dm['anchor_set_id']}, {args.episodes} track{'s' if args.episodes > 1 else ''} from 30000"
+    )
     for name, returns in pairs.items():
         print(f"{name:<36} return {np.mean(returns):7.1f} +- {np.std(returns):6.1f}   {[round(r, 1) for r in returns]}")
-    print(f"bf16 vs fp32 greedy action agreement on the DDQN agent's own episodes: {np.mean(agreement):.4f} "
-          f"({len(agreement)} steps)")
+    print(
+        f"bf16 vs fp32 greedy action agreement on the DDQN agent's own episodes: {np.mean(agreement):.4f} "
+        f"({len(agreement)} steps)"
+    )
 
 
 if __name__ == "__main__":

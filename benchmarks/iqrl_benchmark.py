@@ -13,15 +13,16 @@ edits of the working tree never mix into a running benchmark.
 `--report` writes `benchmarks/results/iqrl_benchmark.txt` (per-run lines, mean +- std table), the learning curves
 (training episodic return vs env steps, mean +- std band over seeds) and the pre-FSQ rank curves as PNG in docs/.
 """
+
 import glob
 import os
-import warnings
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List
@@ -30,8 +31,12 @@ import numpy as np
 import tyro
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = {"iqrl": [], "iqrl-no-fsq": ["--no-fsq"], "td3": ["--algo", "td3", "--mlp-dims", "256", "256"],
-         "iqrl-fp32": ["--precision", "fp32"]}
+MODES = {
+    "iqrl": [],
+    "iqrl-no-fsq": ["--no-fsq"],
+    "td3": ["--algo", "td3", "--mlp-dims", "256", "256"],
+    "iqrl-fp32": ["--precision", "fp32"],
+}
 
 
 @dataclass
@@ -48,8 +53,10 @@ class Args:
     """extra env:mode:seed runs queued after the main grid (e.g. Hopper-v5:iqrl-fp32:1)"""
     total_timesteps: int = 4_000
     """environment steps per run"""
-    flags: str = ("--learning-starts 2000 --mlp-dims 128 128 --enc-mlp-dims 128 --latent-dim 32 "
-                  "--exploration-noise-decay-steps 5000 --log-every 500 --eval-episodes 5 --save-every 2000")
+    flags: str = (
+        "--learning-starts 2000 --mlp-dims 128 128 --enc-mlp-dims 128 --latent-dim 32 "
+        "--exploration-noise-decay-steps 5000 --log-every 500 --eval-episodes 5 --save-every 2000"
+    )
     """flags shared by every run, one string (td3 ignores the iQRL-only ones and keeps its 256-256 networks)"""
     parallel: int = 18
     """runs at the same time (one torch thread each)"""
@@ -80,8 +87,9 @@ def freeze_code(args: Args) -> str:
         shutil.copy(os.path.join(REPO_ROOT, "iqrl_td3.py"), code)
         shutil.copytree(os.path.join(REPO_ROOT, "envs"), os.path.join(code, "envs"), dirs_exist_ok=True)
         commit = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "iqrl_td3.py"],
-                               capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", REPO_ROOT, "status", "--porcelain", "iqrl_td3.py"], capture_output=True, text=True
+        )
         with open(os.path.join(code, "COMMIT"), "w") as f:
             f.write(commit.strip() + (" (+ uncommitted iqrl_td3.py changes)" if dirty.stdout.strip() else "") + "\n")
     return os.path.join(code, "iqrl_td3.py")
@@ -98,8 +106,16 @@ def run_one(args: Args, script: str, env: str, mode: str, seed: int) -> str:
     if checkpoints:
         command += ["--resume", checkpoints[0]]
     else:
-        command += ["--env-id", env, "--seed", str(seed), "--runs-dir", os.path.join(folder, "runs"),
-                    *shlex.split(args.flags), *MODES[mode]]
+        command += [
+            "--env-id",
+            env,
+            "--seed",
+            str(seed),
+            "--runs-dir",
+            os.path.join(folder, "runs"),
+            *shlex.split(args.flags),
+            *MODES[mode],
+        ]
     start = time.time()
     with open(log, "a") as f:
         f.write(f"$ {' '.join(command)}\n")
@@ -194,17 +210,29 @@ def report(args: Args):
     at_header = ["", f"at env step {args.at_step} (from TensorBoard; every run that got there):", "",
                  "| env | mode | seeds | training return, episodes ending in the last 1000 steps | pre-FSQ rank share "
                  "tol 1e-2 | tol 1e-3 |", "|---|---|---|---|---|---|"]  # fmt: skip
-    text = "\n".join(header + rows + at_header + at_rows + ["", "per run (final deterministic evaluation, 5 episodes):"]
-                     + lines + ["", f"per run at env step {args.at_step}:"] + at_lines) + "\n"
+    text = (
+        "\n".join(
+            header
+            + rows
+            + at_header
+            + at_rows
+            + ["", "per run (final deterministic evaluation, 5 episodes):"]
+            + lines
+            + ["", f"per run at env step {args.at_step}:"]
+            + at_lines
+        )
+        + "\n"
+    )
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         f.write(text)
     print(text)
 
     grid = np.linspace(0, args.total_timesteps, 26)
-    figures = {"returns": [("charts/episodic_return", "training episodic return")],
-               "rank": [(f"representation/rank_pre_fsq/tol{tol}", f"pre-FSQ rank / D (tol {tol})")
-                        for tol in ("1e-02", "1e-03")]}
+    figures = {
+        "returns": [("charts/episodic_return", "training episodic return")],
+        "rank": [(f"representation/rank_pre_fsq/tol{tol}", f"pre-FSQ rank / D (tol {tol})") for tol in ("1e-02", "1e-03")],
+    }
     all_modes = args.modes + sorted({m for _, m, _ in runs(args)} - set(args.modes))
     for kind, tags in figures.items():
         fig, axes = plt.subplots(len(tags), len(args.env_ids), figsize=(6 * len(args.env_ids), 4 * len(tags)), squeeze=False)
@@ -229,6 +257,7 @@ def report(args: Args):
         fig.tight_layout()
         fig.savefig(f"{args.plot_prefix}_{kind}.png", dpi=90)
         plt.close(fig)
+
 
 if __name__ == "__main__":
     args = tyro.cli(Args)

@@ -14,6 +14,7 @@ Ratios printed (targets: today / new >= 2, iQRL / its TD3 ablation <= 2.5):
   iQRL vs its ablation without encoder (`--no-encoder`, same networks and precision) and vs standard TD3
   (`--algo td3`); 1 vs 2 torch threads.
 """
+
 import os
 import re
 import statistics

@@ -120,8 +120,9 @@ def test_bf16_forward_uses_the_cached_bf16_anchors_and_stays_close_to_fp32():
     encoder.update_anchors(torch.randint(0, 256, (32, 3, 84, 84), dtype=torch.uint8))
     projection = encoder.projection
     assert projection.anchor_embeddings.dtype == torch.float32  # the EMA buffer stays fp32
-    torch.testing.assert_close(projection.normalized_anchors_t_bf16.float(), projection.normalized_anchors_t,
-                               atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        projection.normalized_anchors_t_bf16.float(), projection.normalized_anchors_t, atol=1e-2, rtol=1e-2
+    )
     assert "normalized_anchors_t_bf16" not in encoder.state_dict()  # derived, never saved
     obs = torch.randint(0, 256, (4, 3, 84, 84), dtype=torch.uint8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -245,11 +246,42 @@ def test_buffer_memory_is_one_frame_per_transition():
 # ------------------------------------------------------------------------------------------------
 # Whole runs
 # ------------------------------------------------------------------------------------------------
-SMOKE = ["--total-timesteps", "128", "--num-envs", "2", "--frame-stack", "2", "--learning-starts", "16",
-         "--batch-size", "4", "--train-frequency", "1", "--target-network-frequency", "32",
-         "--anchor-update-frequency", "4", "--eval-episodes", "0", *TINY_ANCHORS]
-ABSOLUTE = ["--no-relative", "--total-timesteps", "32", "--learning-starts", "8", "--batch-size", "4",
-            "--train-frequency", "2", "--target-network-frequency", "16", "--eval-episodes", "0"]
+SMOKE = [
+    "--total-timesteps",
+    "128",
+    "--num-envs",
+    "2",
+    "--frame-stack",
+    "2",
+    "--learning-starts",
+    "16",
+    "--batch-size",
+    "4",
+    "--train-frequency",
+    "1",
+    "--target-network-frequency",
+    "32",
+    "--anchor-update-frequency",
+    "4",
+    "--eval-episodes",
+    "0",
+    *TINY_ANCHORS,
+]
+ABSOLUTE = [
+    "--no-relative",
+    "--total-timesteps",
+    "32",
+    "--learning-starts",
+    "8",
+    "--batch-size",
+    "4",
+    "--train-frequency",
+    "2",
+    "--target-network-frequency",
+    "16",
+    "--eval-episodes",
+    "0",
+]
 
 
 def run(flags, tmp_path, capsys):
@@ -301,8 +333,9 @@ def test_smoke_writes_a_loadable_contract_checkpoint_and_resumes(tmp_path, capsy
 def test_fp32_same_seed_same_numbers_and_a_final_evaluation(tmp_path, capsys):
     checkpoints, evaluations = [], []
     for name in ("a", "b"):
-        code, out, err = run([*ABSOLUTE, "--precision", "fp32", "--eval-episodes", "1", "--runs-dir", str(tmp_path / name)],
-                             tmp_path, capsys)
+        code, out, err = run(
+            [*ABSOLUTE, "--precision", "fp32", "--eval-episodes", "1", "--runs-dir", str(tmp_path / name)], tmp_path, capsys
+        )
         assert code == 0, err[-2000:]
         (path,) = (tmp_path / name).glob("*/agent.pt")
         checkpoint = ddqn.load_checkpoint(str(path))
@@ -330,8 +363,12 @@ def test_bf16_run_writes_fp32_tensors_that_stitch_with_fp32_modules(tmp_path, ca
     (path,) = (tmp_path / "runs").glob("*/agent.pt")
     raw = torch.load(path, map_location="cpu", weights_only=True)
     state = raw["training_state"]
-    tensors = [*raw["encoder"].values(), *raw["policy"].values(), *state["target_encoder"].values(),
-               *state["target_network"].values()]
+    tensors = [
+        *raw["encoder"].values(),
+        *raw["policy"].values(),
+        *state["target_encoder"].values(),
+        *state["target_network"].values(),
+    ]
     tensors += [v for s in state["optimizer"]["state"].values() for v in s.values() if v.is_floating_point()]
     floating = [t for t in tensors if t.is_floating_point()]
     assert floating and all(t.dtype == torch.float32 for t in floating)
@@ -348,8 +385,9 @@ def test_bf16_run_writes_fp32_tensors_that_stitch_with_fp32_modules(tmp_path, ca
 def test_sigterm_writes_the_checkpoint_and_prints_one_line_then_resume_continues(repo_root, tmp_path):
     runs = tmp_path / "runs"
     flags = [*ABSOLUTE, "--total-timesteps", "100000", "--save-every", "16", "--runs-dir", str(runs)]
-    process = subprocess.Popen([sys.executable, SCRIPT, *flags], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, *flags], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while not list(runs.glob("*/agent.pt")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
@@ -363,9 +401,13 @@ def test_sigterm_writes_the_checkpoint_and_prints_one_line_then_resume_continues
     assert lines[0].endswith(f"resume with: python ddqn_relative.py --resume {path}")
     step = ddqn.load_checkpoint(str(path))["metadata"]["global_step"]
     assert f"(global_step={step})" in lines[0] and step >= 16
-    resumed = subprocess.run([sys.executable, SCRIPT, "--resume", str(path), "--total-timesteps", str(step + 16),
-                              "--eval-episodes", "0"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [sys.executable, SCRIPT, "--resume", str(path), "--total-timesteps", str(step + 16), "--eval-episodes", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert ddqn.load_checkpoint(str(path))["metadata"]["global_step"] == step + 16
 

@@ -1,5 +1,6 @@
 """Tests for iqrl_td3.py: FSQ, the pre-FSQ rank diagnostic, the critic ensemble, n-step targets, sequence sampling,
 every mode, precision, checkpoints and --resume, SIGTERM, bad input, reproducibility and learning."""
+
 import os
 import re
 import signal
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_script_in_process
 import torch
+from conftest import run_script_in_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -19,9 +20,29 @@ from iqrl_td3 import FSQ, Args, CriticEnsemble, Encoder, LatentDynamics, Sequenc
 
 SCRIPT = str(REPO_ROOT / "iqrl_td3.py")
 TINY = [
-    "--total-timesteps", "80", "--learning-starts", "40", "--batch-size", "8", "--buffer-size", "1000",
-    "--mlp-dims", "16", "16", "--enc-mlp-dims", "16", "--latent-dim", "4", "--log-every", "10",
-    "--eval-episodes", "1", "--exploration-noise-decay-steps", "20", "--save-every", "0",
+    "--total-timesteps",
+    "80",
+    "--learning-starts",
+    "40",
+    "--batch-size",
+    "8",
+    "--buffer-size",
+    "1000",
+    "--mlp-dims",
+    "16",
+    "16",
+    "--enc-mlp-dims",
+    "16",
+    "--latent-dim",
+    "4",
+    "--log-every",
+    "10",
+    "--eval-episodes",
+    "1",
+    "--exploration-noise-decay-steps",
+    "20",
+    "--save-every",
+    "0",
 ]
 
 
@@ -179,25 +200,31 @@ def test_straight_through_gradient_is_identity():
 # ------------------------------------------------------------------------------------ n-step targets
 def test_n_step_targets_match_hand_computation():
     gamma = 0.9
-    rewards = torch.tensor([
-        [1.0, 2.0, 3.0, 4.0],  # no end in the window: 3 rewards, bootstrap from o_{t+3}
-        [1.0, 2.0, 3.0, 4.0],  # terminated at t+1: 2 rewards, no bootstrap
-        [1.0, 2.0, 3.0, 4.0],  # truncated at t+1: 2 rewards, bootstrap from the true final obs o_{t+2}
-        [5.0, 2.0, 3.0, 4.0],  # terminated at t: 1 reward
-    ])
-    terminated = torch.tensor([
-        [0.0, 0, 0, 0],
-        [0.0, 1, 0, 0],
-        [0.0, 0, 0, 0],
-        [1.0, 0, 0, 0],
-    ])
+    rewards = torch.tensor(
+        [
+            [1.0, 2.0, 3.0, 4.0],  # no end in the window: 3 rewards, bootstrap from o_{t+3}
+            [1.0, 2.0, 3.0, 4.0],  # terminated at t+1: 2 rewards, no bootstrap
+            [1.0, 2.0, 3.0, 4.0],  # truncated at t+1: 2 rewards, bootstrap from the true final obs o_{t+2}
+            [5.0, 2.0, 3.0, 4.0],  # terminated at t: 1 reward
+        ]
+    )
+    terminated = torch.tensor(
+        [
+            [0.0, 0, 0, 0],
+            [0.0, 1, 0, 0],
+            [0.0, 0, 0, 0],
+            [1.0, 0, 0, 0],
+        ]
+    )
     # valid as the buffer builds it: 0 after the step where an episode ended (terminated or truncated)
-    valid = torch.tensor([
-        [1.0, 1, 1, 1],
-        [1.0, 1, 0, 0],
-        [1.0, 1, 0, 0],
-        [1.0, 0, 0, 0],
-    ])
+    valid = torch.tensor(
+        [
+            [1.0, 1, 1, 1],
+            [1.0, 1, 0, 0],
+            [1.0, 1, 0, 0],
+            [1.0, 0, 0, 0],
+        ]
+    )
     reward_sum, last, coef = n_step_targets(rewards, terminated, valid, gamma, n_step=3)
     expected_sum = [1 + 0.9 * 2 + 0.81 * 3, 1 + 0.9 * 2, 1 + 0.9 * 2, 5.0]
     assert torch.allclose(reward_sum, torch.tensor(expected_sum))
@@ -271,8 +298,11 @@ def test_sequence_sampling_never_crosses_an_episode_end():
     "mode_flags,env_id,modules",
     [
         ([], "Hopper-v5", {"encoder", "target_encoder", "dynamics", "actor", "target_actor", "critics", "target_critics"}),
-        (["--no-fsq"], "HalfCheetah-v5", {"encoder", "target_encoder", "dynamics", "actor", "target_actor", "critics",
-                                          "target_critics"}),
+        (
+            ["--no-fsq"],
+            "HalfCheetah-v5",
+            {"encoder", "target_encoder", "dynamics", "actor", "target_actor", "critics", "target_critics"},
+        ),
         (["--no-encoder"], "Walker2d-v5", {"encoder", "actor", "target_actor", "critics", "target_critics"}),
         (["--algo", "td3"], "Hopper-v5", {"encoder", "actor", "target_actor", "critics", "target_critics"}),
     ],
@@ -289,7 +319,8 @@ def test_smoke_every_mode_writes_a_loadable_fp32_checkpoint(tmp_path, capsys, mo
     assert checkpoint["format"] == "iqrl-td3-v1" and checkpoint["global_step"] == 80 and checkpoint["num_updates"] == 40
     assert set(checkpoint["modules"]) == modules
     tensors = [t for m in checkpoint["modules"].values() for t in m.values()] + [
-        t for opt in checkpoint["optimizers"].values() for s in opt["state"].values() for t in s.values()]
+        t for opt in checkpoint["optimizers"].values() for s in opt["state"].values() for t in s.values()
+    ]
     assert all(t.dtype == torch.float32 for t in tensors if t.is_floating_point())  # bf16-trained, fp32 on disk
     num_critics = 2 if "td3" in mode_flags else 5
     assert checkpoint["modules"]["critics"]["weights.0"].shape[0] == num_critics
