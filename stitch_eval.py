@@ -133,8 +133,8 @@ class Args:
     """where the table, CSV, JSON and heatmap are written"""
     videos: bool = False
     """write a GIF of every evaluated pair's first track and a mosaic GIF per block to {out_dir}/videos/"""
-    video_steps: int = 600
-    """steps of each episode the GIFs show (every second step is a frame)"""
+    video_steps: int = 300
+    """steps of each episode the GIFs show (pair GIFs: every second step is a frame; mosaics: every third)"""
 
 
 class UserError(Exception):
@@ -489,10 +489,14 @@ def episodes_of(cell_pairs: list[dict], metric: str) -> list[float]:
     return [episode[metric] for pair in cell_pairs for episode in pair["episodes"]]
 
 
-def figures_of_merit(block: dict, checkpoints_by_config: dict[str, dict]) -> dict:
+def figures_of_merit(block: dict, checkpoints_by_config: dict[str, dict], reference: Optional[dict] = None) -> dict:
     """Mean maximum return on the diagonal and off it (pooled over episodes), their ratio, and the same for the
-    off-diagonal pairs split by what separates the runs (visuals only, task, algorithm)."""
+    off-diagonal pairs split by what separates the runs (visuals only, task, algorithm). A block without a
+    diagonal of its own (translated pairs of one seed per configuration) is compared with `reference`'s diagonal:
+    the untranslated agents of the policies' kind."""
     diagonal = [v for (r, c), ps in block["cells"].items() if r == c for v in episodes_of(ps, "max_return")]
+    if not diagonal and reference is not None:
+        diagonal = [v for (r, c), ps in reference["cells"].items() if r == c for v in episodes_of(ps, "max_return")]
     groups: dict[str, list[float]] = {}
     for (r, c), ps in block["cells"].items():
         if r != c:
@@ -587,7 +591,8 @@ def plot_heatmap(blocks: dict[str, dict], path: Path) -> None:
 VIDEO_SCALE = 3  # pair GIFs: 84 x 84 views shown at 252 x 252
 TILE_SCALE = 2  # mosaic tiles: 168 x 168
 LABEL_HEIGHT = 24
-FRAME_STRIDE = 2  # every second step: 25 frames per second of the simulator's 50
+FRAME_STRIDE = 2  # pair GIFs: every second step, 25 frames per second of the simulator's 50
+MOSAIC_STRIDE = 3  # mosaics: every third step, so that a 3 x 3 mosaic of 300 steps stays near 3 MB
 
 
 def upscale(frame: np.ndarray, scale: int) -> np.ndarray:
@@ -620,7 +625,7 @@ def mosaic_gif(rows: list[str], columns: list[str], tiles: dict, path: Path, ste
     header = np.full((LABEL_HEIGHT, size * len(columns), 3), 30, dtype=np.uint8)
     header = draw_text(header, [title[: size * len(columns) // 6]])
     frames = []
-    for t in range(0, length, FRAME_STRIDE):
+    for t in range(0, length, MOSAIC_STRIDE):
         grid_rows = []
         for i, row in enumerate(rows):
             cells = []
@@ -786,7 +791,12 @@ def main(args: Args) -> None:
                                for metric in ("max_return", "episode_return") for stat, fn in (("mean", np.mean), ("std", np.std))}  # fmt: skip
 
     blocks = build_blocks(checkpoints, pairs, args.exclude_same_seed)
-    merits = {name: figures_of_merit(block, checkpoints_by_config) for name, block in blocks.items()}
+    merits = {}
+    for name, block in blocks.items():  # translated blocks: the untranslated agents of the policies' kind as reference
+        policy_kind = "relative" if "relative policy" in name or name.startswith("relative +") else "absolute"
+        merits[name] = figures_of_merit(
+            block, checkpoints_by_config, blocks.get(policy_kind) if "translation" in name else None
+        )
     n_tracks = len(track_seeds)
     tracks = (f"{n_tracks} track{'s' if n_tracks > 1 else ''} (seeds {track_seeds.start}-{track_seeds.stop - 1}) x "
               f"{args.episodes_per_track} episode{'s' if args.episodes_per_track > 1 else ''} per pair")  # fmt: skip
