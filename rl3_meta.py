@@ -18,7 +18,6 @@ import json
 import os
 import random
 import time
-import zipfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -412,8 +411,6 @@ def load_run(path: str) -> tuple[dict, str]:
     """Read the agent.pt at `path` (or in the run folder `path`); returns (checkpoint, its path)."""
     path = os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
     accepted = f"accepted: a runs/{{run_name}}/{CHECKPOINT_FILE} written by rl3_meta.py, or its run folder"
-    if os.path.isfile(path) and not zipfile.is_zipfile(path):  # torch.save writes zip archives; random bytes are not
-        raise ValueError(f"{path!r} is not a checkpoint of this collection (not a torch file); {accepted}")
     checkpoint = load_torch_file(path, accepted)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else None

@@ -89,6 +89,17 @@ def run(argv: list[str]) -> dict:
     }
 
 
+def run_all(todo: dict[str, list[str]], done: dict, cache: dict, cache_path: str, jobs: int) -> None:
+    """Run every pending command in `jobs` threads; record each result in `done` and save the cache after each."""
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {key: pool.submit(run, argv) for key, argv in todo.items()}
+        for key, future in futures.items():
+            done[key] = future.result()
+            with open(cache_path, "w") as f:
+                json.dump(cache, f)
+            print(f"{key}: eval {done[key]['eval']:.1f} +- {done[key]['eval_std']:.1f}, SPS {done[key]['sps']}", flush=True)
+
+
 def score_curve(returns: list[float], window: int) -> np.ndarray:
     curve = np.array(returns, dtype=float)
     seen = curve[~np.isnan(curve)]
@@ -162,17 +173,7 @@ def main(args: Args):
             ]
             todo[f"{mode} {seed}"] = argv + ([] if mode == "none" else ["--teacher", args.teacher])
     todo = {key: argv for key, argv in todo.items() if key not in done}
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {key: pool.submit(run, argv) for key, argv in todo.items()}
-        for key, future in futures.items():
-            done[key] = future.result()
-            with open(cache_path, "w") as f:
-                json.dump(cache, f)
-            print(
-                f"{key}: eval {done[key]['eval']:.1f} +- {done[key]['eval_std']:.1f}, {done[key]['minutes']:.1f} min, "
-                f"SPS {done[key]['sps']}",
-                flush=True,
-            )
+    run_all(todo, done, cache, cache_path, args.jobs)
 
     seeds = range(1, args.seeds + 1)
     if args.eval_checkpoints:
@@ -186,13 +187,7 @@ def main(args: Args):
                     *common[:-2], "--eval-episodes", str(args.eval_checkpoints), "--reward", "outer_lane", "--transfer",
                     "warm_start", "--teacher", checkpoint, "--learning-rate", "0", "--num-steps", "32",
                     "--total-timesteps", str(32 * args.num_envs), "--exp-name", "student_eval"]  # fmt: skip
-        with ThreadPoolExecutor(args.jobs) as pool:
-            futures = {key: pool.submit(run, argv) for key, argv in todo.items()}
-            for key, future in futures.items():
-                done[key] = future.result()
-                with open(cache_path, "w") as f:
-                    json.dump(cache, f)
-                print(f"{key}: {done[key]['eval']:.1f} +- {done[key]['eval_std']:.1f}", flush=True)
+        run_all(todo, done, cache, cache_path, args.jobs)
     lines = [
         "REPAINT on the CarRacing lanes: inner_lane teacher -> outer_lane student (envs/car_racing.py, reward=)",
         f"command: nice -n 10 python benchmarks/repaint_lanes.py --teacher {args.teacher} --seeds {args.seeds} "
