@@ -124,7 +124,7 @@ def test_sigterm_writes_checkpoint_one_line_and_exits_143(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "content,message",
-    [(bytes(range(7, 250, 3)), "is not a checkpoint of this collection (not a torch file)"),
+    [(bytes(range(7, 250, 3)), "is not a checkpoint of this collection (not a readable torch file)"),
      ({"format": "r3l-agent-v1"}, "has format 'r3l-agent-v1' (expected 'rl3-meta-v1')"),
      ({"format": "rl3-meta-v1", "args": {}}, "lacks model, optimizer, global_step, iteration, timing, rng"),
      ({"format": "rl3-meta-v1", "args": {"bogus": 1}, **dict.fromkeys(("model", "optimizer", "timing"), {}),
