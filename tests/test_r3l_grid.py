@@ -46,7 +46,9 @@ def test_cell_state_refuses_a_run_of_another_configuration(tmp_path):
     (cell,) = grid_cells(args)
     assert cell_state(cell, args, tmp_path) == ("todo", None, 0)
     save_agent_checkpoint(tmp_path / cell.name / "run" / "agent.pt", "red", seed=cell.seed)
-    with pytest.raises(ValueError, match=r"has bg_color='red', the grid's cell ppo-green-near-standard-relative-s1 wants 'green'"):
+    with pytest.raises(
+        ValueError, match=r"has bg_color='red', the grid's cell ppo-green-near-standard-relative-s1 wants 'green'"
+    ):
         cell_state(cell, args, tmp_path)
 
 
