@@ -30,7 +30,8 @@ reached ``--total-timesteps`` is skipped; one with a shorter checkpoint continue
 trainer refuses flags that differ from the checkpoint's); a checkpoint of another configuration, seed or
 algorithm in a cell folder, or flags of ``--train-args`` that differ from the checkpoint's, stop the grid before
 any work with a one-line error. Ctrl-C / SIGTERM: every running cell writes its checkpoint and stops; rerun the
-same command to continue. A rerun of a finished grid only re-evaluates.
+same command to continue. A rerun of a finished grid trains nothing and re-runs only the evaluations whose
+command or checkpoints changed (``--re-evaluate``: all of them).
 
 Backends. ``--backend local`` (default): ``--workers`` processes on this machine. ``--backend ray``: each cell
 is a Ray task (``ray.init(address=--ray-address)``; a local instance when the address is absent) reserving
@@ -127,6 +128,8 @@ class Args:
     """list the cells, their seeds, states and commands, then stop"""
     evaluate: bool = True
     """after training, stitch and compare the finished cells"""
+    re_evaluate: bool = False
+    """run every evaluation again, also those whose command and checkpoints are unchanged since their last run"""
     num_tracks: int = 5
     """evaluation tracks per stitched pair (R3L: 10 for its final table, 5 in the workshop Table 1)"""
     eval_workers: Optional[int] = None
@@ -370,12 +373,21 @@ def tail_line(path: Path) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def run_tool(command: list[str], log_path: Path) -> None:
+def run_tool(command: list[str], checkpoints: list[str], folder: Path, force: bool) -> None:
+    """Run an evaluation tool into `folder`, unless its command and checkpoints are those of the last run there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    inputs = {"command": command[1:], "checkpoints": {p: os.stat(p).st_mtime_ns for p in checkpoints}}
+    record, log_path = folder / "grid_inputs.json", folder / "log.txt"
+    if not force and record.exists() and json.loads(record.read_text()) == inputs:
+        print(f"{folder.name}: same command and checkpoints as its last run, kept (--re-evaluate to run it again)")
+        return
+    record.unlink(missing_ok=True)
     print(f"$ {shlex.join(command[1:])}  (log: {log_path})", flush=True)
     with open(log_path, "w") as log:
         rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
     if rc != 0:
         raise ValueError(f"{Path(command[1]).name} exited with status {rc}: {tail_line(log_path)}; see {log_path}")
+    record.write_text(json.dumps(inputs, indent=1) + "\n")
 
 
 def summarise(args: Args, cells: list[Cell], records: dict, runs_dir: Path, out_dir: Path) -> list[str]:
@@ -470,7 +482,6 @@ def main(args: Args) -> None:
         for part, kind, extra in (("stitch_relative", "relative", []), ("stitch_absolute", "absolute", ["--translate"])):
             chosen = [records[c.name]["checkpoint"] for c in done if c.kind == kind]
             if len(chosen) >= 2:
-                (out_dir / part).mkdir(exist_ok=True)
                 command = [
                     sys.executable,
                     str(ROOT / "stitch_eval.py"),
@@ -480,13 +491,12 @@ def main(args: Args) -> None:
                     "--out-dir",
                     str(out_dir / part),
                 ]
-                run_tool(command, out_dir / part / "log.txt")
+                run_tool(command, chosen, out_dir / part, args.re_evaluate)
         first_task = [records[c.name]["checkpoint"] for c in done if c.task == args.tasks[0]]
         if len(first_task) >= 2:
-            (out_dir / "latent").mkdir(exist_ok=True)
             command = [sys.executable, str(ROOT / "latent_similarity.py"), *first_task, "--out-dir", str(out_dir / "latent"),
                        *shlex.split(args.latent_args)]  # fmt: skip
-            run_tool(command, out_dir / "latent" / "log.txt")
+            run_tool(command, first_task, out_dir / "latent", args.re_evaluate)
         lines = summarise(args, cells, records, runs_dir, out_dir)
     except ValueError as e:
         fail(str(e))

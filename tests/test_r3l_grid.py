@@ -75,9 +75,11 @@ def test_tiny_grid_trains_skips_when_done_and_evaluates(tmp_path):
     checkpoint = next((tmp_path / "runs" / "ppo-green-near-standard-relative-s1").glob("*/agent.pt"))
     weights = torch.load(checkpoint, weights_only=True)["encoder"]
 
-    again = run_grid(tmp_path, *flags)  # a finished grid only re-evaluates
+    again = run_grid(tmp_path, *flags)  # a finished grid trains nothing; unchanged evaluations are kept
     assert again.returncode == 0, again.stdout + again.stderr
     assert "2 cells, 2 already done, 0 to train" in again.stdout
+    assert "stitch_relative: same command and checkpoints as its last run, kept" in again.stdout
+    assert "relative: off-diagonal / diagonal max return" in again.stdout
     assert all(torch.equal(v, weights[k]) for k, v in torch.load(checkpoint, weights_only=True)["encoder"].items())
 
     longer = run_grid(tmp_path, *[f if f != "64" else "128" for f in flags], "--no-evaluate")  # a larger budget resumes
