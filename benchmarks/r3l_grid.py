@@ -376,7 +376,8 @@ def tail_line(path: Path) -> str:
 def run_tool(command: list[str], checkpoints: list[str], folder: Path, force: bool) -> None:
     """Run an evaluation tool into `folder`, unless its command and checkpoints are those of the last run there."""
     folder.mkdir(parents=True, exist_ok=True)
-    inputs = {"command": command[1:], "checkpoints": {p: os.stat(p).st_mtime_ns for p in checkpoints}}
+    arguments = [a for i, a in enumerate(command[1:]) if "--workers" not in command[i : i + 2]]  # results do not depend on it
+    inputs = {"command": arguments, "checkpoints": {p: os.stat(p).st_mtime_ns for p in checkpoints}}
     record, log_path = folder / "grid_inputs.json", folder / "log.txt"
     if not force and record.exists() and json.loads(record.read_text()) == inputs:
         print(f"{folder.name}: same command and checkpoints as its last run, kept (--re-evaluate to run it again)")
