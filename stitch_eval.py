@@ -271,26 +271,43 @@ def fit_translation(source: torch.Tensor, target: torch.Tensor, method: str = "p
     taken from the N x N problem (QR of X^T and Y^T, SVD of R_X R_Y^T), O(d N^2) instead of O(d^3), and kept as
     two d x N factors; it maps the anchors' span as the full solution does and discards what lies outside it.
     affine: [X 1] W = Y by least squares; T(x) = [x 1] W."""
-    # float64 for exactness; the default 3136-wide problems in float32 (its SVD is several times faster)
-    dtype = torch.float64 if max(source.shape[1], target.shape[1]) < 1024 else torch.float32
-    source, target = source.to(dtype), target.to(dtype)
     if method == "affine":
+        source, target = source.to(solve_dtype(source, target)), target.to(solve_dtype(source, target))
         design = torch.cat([source, torch.ones(len(source), 1, dtype=source.dtype)], dim=1)
         solution = torch.linalg.lstsq(design, target, driver="gelsd").solution
         return {"method": "affine", "matrix": solution[:-1], "bias": solution[-1]}
-    source_mean, target_mean = source.mean(0), target.mean(0)
-    x, y = source - source_mean, target - target_mean
-    source_scale, target_scale = x.norm(dim=1).mean(), y.norm(dim=1).mean()
-    x, y = x / source_scale, y / target_scale
-    if len(x) < x.shape[1]:  # R = Q_X U_M V_M^T Q_Y^T with U_M S V_M^T = svd(R_X R_Y^T), X^T = Q_X R_X, Y^T = Q_Y R_Y
-        q_x, r_x = torch.linalg.qr(x.T)
-        q_y, r_y = torch.linalg.qr(y.T)
-        u, _, vh = torch.linalg.svd(r_x @ r_y.T)
-        left, right = q_x @ u, vh @ q_y.T
+    dtype = solve_dtype(source, target)
+    return procrustes_from_sides(procrustes_side(source, dtype), procrustes_side(target, dtype))
+
+
+def solve_dtype(source: torch.Tensor, target: torch.Tensor) -> torch.dtype:
+    # float64 for exactness; the default 3136-wide problems in float32 (its SVD is several times faster)
+    return torch.float64 if max(source.shape[1], target.shape[1]) < 1024 else torch.float32
+
+
+def procrustes_side(latents: torch.Tensor, dtype: torch.dtype) -> dict:
+    """One side of a Procrustes problem: mean, mean row norm, the standardised rows, and (fewer rows than
+    columns) the QR factors of their transpose. Depends on that side only, so it is computed once per encoder."""
+    latents = latents.to(dtype)
+    mean = latents.mean(0)
+    centred = latents - mean
+    scale = centred.norm(dim=1).mean()
+    side = {"mean": mean, "scale": scale, "x": centred / scale}
+    if len(latents) < latents.shape[1]:
+        side["q"], side["r"] = torch.linalg.qr(side["x"].T)
+    return side
+
+
+def procrustes_from_sides(source: dict, target: dict) -> dict:
+    if (
+        "q" in source and "q" in target
+    ):  # R = Q_X U_M V_M^T Q_Y^T with U_M S V_M^T = svd(R_X R_Y^T), X^T = Q_X R_X, Y^T = Q_Y R_Y
+        u, _, vh = torch.linalg.svd(source["r"] @ target["r"].T)
+        left, right = source["q"] @ u, vh @ target["q"].T
     else:
-        left, right = torch.linalg.svd(x.T @ y, full_matrices=False)[::2]
-    return {"method": "procrustes", "source_mean": source_mean, "source_scale": source_scale, "left": left, "right": right,
-            "target_scale": target_scale, "target_mean": target_mean}  # fmt: skip
+        left, right = torch.linalg.svd(source["x"].T @ target["x"], full_matrices=False)[::2]
+    return {"method": "procrustes", "source_mean": source["mean"], "source_scale": source["scale"], "left": left,
+            "right": right, "target_scale": target["scale"], "target_mean": target["mean"]}  # fmt: skip
 
 
 def apply_translation(translation: dict, latent: torch.Tensor, frame_stack: int = 1) -> torch.Tensor:
@@ -708,6 +725,7 @@ def check_args(args: Args) -> None:
 def fit_translations(args: Args, checkpoints: list[dict], agents: list, todo: set, folder: Path) -> dict[tuple[int, int], str]:
     """Fit every needed translation (encoder a -> policy b's encoder) on the anchor states; file per pair."""
     anchor_latents: dict[int, torch.Tensor] = {}
+    sides: dict[tuple[int, torch.dtype], dict] = {}  # Procrustes: each encoder's standardisation and QR, once
     paths = {}
     for a, b in tqdm(sorted(todo), desc="translations", file=sys.stderr):
         for i in (a, b):
@@ -716,7 +734,14 @@ def fit_translations(args: Args, checkpoints: list[dict], agents: list, todo: se
                 frames = load_anchor_set(m["bg_color"], view=m["view"]).frames
                 chosen = np.linspace(0, len(frames) - 1, min(args.translate_anchors, len(frames))).round().astype(int)
                 anchor_latents[i] = frame_latents(agents[i][0], torch.from_numpy(frames[chosen]))
-        translation = fit_translation(anchor_latents[a], anchor_latents[b], args.translate_method)
+        if args.translate_method == "procrustes":
+            dtype = solve_dtype(anchor_latents[a], anchor_latents[b])
+            for i in (a, b):
+                if (i, dtype) not in sides:
+                    sides[i, dtype] = procrustes_side(anchor_latents[i], dtype)
+            translation = procrustes_from_sides(sides[a, dtype], sides[b, dtype])
+        else:
+            translation = fit_translation(anchor_latents[a], anchor_latents[b], args.translate_method)
         paths[a, b] = str(folder / f"translation_{a}_{b}.pt")
         torch.save(translation, paths[a, b])
     return paths
