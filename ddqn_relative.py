@@ -484,9 +484,8 @@ if __name__ == "__main__":
                 if given[name] not in (defaults[name], stored[name]):
                     free = ", ".join("--" + flag.replace("_", "-") for flag in run_flags)
                     raise ValueError(
-                        f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's "
-                        f"{stored[name]!r}; accepted: leave it out or pass the stored value (only {free} "
-                        "may change)"
+                        f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's {stored[name]!r}; "
+                        f"accepted: leave it out or pass the stored value (only {free} may change)"
                     )
                 given[name] = stored[name]
             if given["total_timesteps"] == defaults["total_timesteps"]:  # not given: the stored budget
@@ -654,8 +653,9 @@ if __name__ == "__main__":
         }  # fmt: skip
         save_atomic(agent_payload(encoder, q_network, metadata, training_state), checkpoint_path)
 
-    # ALGO Logic: replay memory, then TRY NOT TO MODIFY: start the game
+    # ALGO Logic: replay memory
     rb = FrameReplayBuffer(args.buffer_size, args.num_envs, args.frame_stack)
+    # TRY NOT TO MODIFY: start the game
     start_time, start_step = time.time(), global_step
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts new episodes on other tracks
     rb.start(obs)

@@ -3,18 +3,19 @@
 
 R3L: Ricciardi et al., "Zero-shot stitching in RL using relative representations" (arXiv 2404.12917). The agent is an
 encoder E (Nature CNN) and a policy (controller with actor and critic heads), kept as two modules because stitching
-combines the encoder of one run with the policy of another. The relative representation (eq. 3-4) of an observation x
-is its cosine similarity to the embeddings of a fixed set of anchor frames A, centred on the anchors' mean mu:
+combines the encoder of one run with the policy of another. The relative representation of an observation x is its
+cosine similarity to the embeddings of a fixed set of anchor frames A, centred on the anchors' mean mu:
 
     z = normalize(E(x) - mu) normalize(E(A) - mu)^T,   pi(a | x) = Policy(z)   (absolute baseline: Policy(E(x)))
 
 PPO (Schulman et al., "Proximal Policy Optimization Algorithms", arXiv 1707.06347, eq. 7 and 9), with
 r_t = pi(a_t | s_t) / pi_old(a_t | s_t), minimises
 
-    -E_t[ min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) ] + c_1 (V(s_t) - R_t)^2 - c_2 H[pi(. | s_t)]
+    -E_t[ min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) ] + c_1 L^VF_t - c_2 H[pi(. | s_t)],   L^VF_t = 1/2 (V(s_t) - R_t)^2
 
-with GAE (Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage Estimation",
-arXiv 1506.02438, eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},  delta_t = r_t + gamma V(s_{t+1}) - V(s_t).
+(--clip-vloss clips the value change like the ratio), with returns R_t = A_t + V_old(s_t) and advantages from GAE
+(Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage Estimation", arXiv 1506.02438,
+eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},  delta_t = r_t + gamma V(s_{t+1}) - V(s_t).
 
     python ppo_relative.py --bg-color green                  # relative: pi( cos(E(x), E(A)) )   (eq. 3-4)
     python ppo_relative.py --bg-color green --no-relative    # absolute baseline: pi( E(x) )
@@ -425,6 +426,7 @@ if __name__ == "__main__":
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
     num_actions = int(envs.single_action_space.n)
 
+    # ALGO LOGIC: initialize agent here
     # The anchor embeddings move once per PPO iteration, after the optimisation epochs: within an iteration
     # the projection is a fixed function, so the log-probs stored during the rollout and those recomputed in
     # the update see the same anchors (PPO's ratio measures only the change of the networks), and the anchor
