@@ -49,10 +49,9 @@ from envs.checkpoint import (
     ensure_writable_dir,
     fail,
     load_agent_checkpoint,
+    native_bf16,
     save_atomic,
 )
-
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -422,87 +421,8 @@ class FrameReplayBuffer:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The few helpers the training loop needs: flags, precision, networks, checkpoint contract, evaluation
+# The few helpers the training loop needs, and the checkpoint loader of evaluation tools
 # ---------------------------------------------------------------------------------------------------------
-def validate_args(args: Args) -> None:
-    """Raise a one-line ValueError naming the first bad flag and what is accepted."""
-    try:
-        parse_bg_color(args.bg_color)
-    except ValueError:
-        raise ValueError(
-            f"unknown --bg-color {args.bg_color!r}; accepted: {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
-        ) from None
-    if args.precision not in PRECISIONS:
-        raise ValueError(f"unknown --precision {args.precision!r}; accepted: {', '.join(PRECISIONS)}")
-    if args.view not in VIEWS:
-        raise ValueError(f"unknown --view {args.view!r}; accepted: {', '.join(VIEWS)}")
-    if args.task not in TASKS:
-        raise ValueError(f"unknown --task {args.task!r}; accepted: {', '.join(TASKS)} ('far' is --view far)")
-    anchor_pool = len(AnchorRecipe().track_seeds) * args.anchor_steps_per_track
-    checks = [
-        (args.frame_stack >= 1, "--frame-stack", args.frame_stack, "an integer >= 1"),
-        (args.action_repeat >= 1, "--action-repeat", args.action_repeat, "an integer >= 1"),
-        (args.progress_patience >= 0, "--progress-patience", args.progress_patience, "an integer >= 0 (0: never)"),
-        (
-            1 <= args.num_anchors <= anchor_pool,
-            "--num-anchors",
-            args.num_anchors,
-            f"an integer in [1, {anchor_pool}] (the anchor pool: 4 tracks * --anchor-steps-per-track)",
-        ),
-        (0.0 <= args.anchor_ema < 1.0, "--anchor-ema", args.anchor_ema, "a float in [0, 1)"),
-        (args.anchor_steps_per_track >= 1, "--anchor-steps-per-track", args.anchor_steps_per_track, "an integer >= 1"),
-        (args.anchor_update_frequency >= 1, "--anchor-update-frequency", args.anchor_update_frequency, "an integer >= 1"),
-        (args.num_envs >= 1, "--num-envs", args.num_envs, "an integer >= 1"),
-        (args.learning_rate > 0, "--learning-rate", args.learning_rate, "a float > 0"),
-        (
-            args.buffer_size // max(args.num_envs, 1) >= args.frame_stack + 2,
-            "--buffer-size",
-            args.buffer_size,
-            "an integer >= --num-envs * (--frame-stack + 2)",
-        ),
-        (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
-        (args.target_network_frequency >= 1, "--target-network-frequency", args.target_network_frequency, "an integer >= 1"),
-        (args.batch_size >= 1, "--batch-size", args.batch_size, "an integer >= 1"),
-        (0.0 <= args.start_e <= 1.0, "--start-e", args.start_e, "a float in [0, 1]"),
-        (0.0 <= args.end_e <= 1.0, "--end-e", args.end_e, "a float in [0, 1]"),
-        (0.0 < args.exploration_fraction <= 1.0, "--exploration-fraction", args.exploration_fraction, "a float in (0, 1]"),
-        (
-            1 <= args.learning_starts <= args.buffer_size,
-            "--learning-starts",
-            args.learning_starts,
-            "an integer in [1, --buffer-size]",
-        ),
-        # learning starts once the memory holds learning_starts transitions; fewer steps would train nothing
-        (
-            args.total_timesteps > args.learning_starts,
-            "--total-timesteps",
-            args.total_timesteps,
-            f"an integer > --learning-starts ({args.learning_starts}): with fewer steps no gradient step is taken",
-        ),
-        (args.train_frequency >= 1, "--train-frequency", args.train_frequency, "an integer >= 1"),
-        (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (environment steps; 0: only at the end)"),
-        (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
-        (args.torch_threads >= 1, "--torch-threads", args.torch_threads, "an integer >= 1"),
-        (
-            not args.capture_video or args.eval_episodes >= 1,
-            "--capture-video with --eval-episodes",
-            args.eval_episodes,
-            "--eval-episodes >= 1 (videos are taken during the final evaluation)",
-        ),
-    ]
-    for ok, flag, value, accepted in checks:
-        if not ok:
-            raise ValueError(f"bad {flag} {value!r}; accepted: {accepted}")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """The rule behind --precision auto: bf16 where the device multiplies bf16 matrices natively (CUDA GPUs with
-    bf16; CPUs with AMX or AVX512-BF16, where bf16 matrix products run 3-4x faster than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-
-
 def crossed(step: int, num_envs: int, every: int) -> int:
     """How many multiples of `every` the last vector step (from step - num_envs to step) passed."""
     return step // every - (step - num_envs) // every
@@ -550,62 +470,22 @@ def agent_from_checkpoint(checkpoint: dict, device="cpu") -> tuple[Encoder, QNet
     return encoder, q_network
 
 
-@torch.no_grad()
-def evaluate(
-    encoder: Encoder, q_network: QNetwork, args: Args, episodes: int, seed: int, device, video_dir: Optional[str] = None
-) -> list[float]:
-    """Greedy (argmax Q, epsilon = 0) whole episodes with the run's action repeat on fresh tracks `seed`, `seed + 1`,
-    ...; returns the episodic returns. `video_dir` receives one GIF of the agent's view per episode."""
-    env = make_env(args, patience=0)
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, episode_return, frames = False, 0.0, [obs[-3:].transpose(1, 2, 0)]
-        while not done:
-            action = q_network.greedy_action(encoder(torch.as_tensor(obs, device=device)[None]))
-            obs, reward, terminated, truncated, _ = env.step(int(action.item()))
-            episode_return += float(reward)
-            done = terminated or truncated
-            if video_dir is not None:
-                frames.append(obs[-3:].transpose(1, 2, 0))  # the newest RGB frame, (84, 84, 3)
-        returns.append(episode_return)
-        if video_dir is not None:
-            os.makedirs(video_dir, exist_ok=True)
-            crisp = np.stack(frames).repeat(3, axis=1).repeat(3, axis=2)  # 3x nearest neighbour: crisp pixels
-            iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), crisp, duration=20, loop=0)
-    env.close()
-    return returns
-
-
-# run flags that may change on --resume (nanoGPT style); every other flag comes from the checkpoint
-RESUME_FREE_FLAGS = (
-    "resume",
-    "total_timesteps",
-    "cuda",
-    "torch_threads",
-    "precision",
-    "save_every",
-    "eval_episodes",
-    "capture_video",
-    "runs_dir",
-)
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
     try:
         checkpoint = None
         if args.resume is not None:
             checkpoint = load_checkpoint(args.resume)
-            # nanoGPT-style resume: every flag comes from the checkpoint, except RESUME_FREE_FLAGS from the command line
+            # nanoGPT-style resume: every flag comes from the checkpoint, except these run flags from the command line
+            run_flags = ("total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
+                         "capture_video", "runs_dir")  # fmt: skip
             stored, given, defaults = checkpoint["metadata"]["args"], vars(args), vars(Args())
-            for name in (stored.keys() & given.keys()) - set(RESUME_FREE_FLAGS):
+            for name in (stored.keys() & given.keys()) - {"resume", *run_flags}:
                 if given[name] not in (defaults[name], stored[name]):
-                    free = ", ".join("--" + n.replace("_", "-") for n in RESUME_FREE_FLAGS[1:])
+                    free = ", ".join("--" + flag.replace("_", "-") for flag in run_flags)
                     raise ValueError(
-                        f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's "
-                        f"{stored[name]!r}; accepted: leave it out or pass the stored value (only {free} "
-                        "may change)"
+                        f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's {stored[name]!r}; "
+                        f"accepted: leave it out or pass the stored value (only {free} may change)"
                     )
                 given[name] = stored[name]
             if given["total_timesteps"] == defaults["total_timesteps"]:  # not given: the stored budget
@@ -618,7 +498,56 @@ if __name__ == "__main__":
                 )
         if args.task == "far":  # the alias of the far view of the standard task
             args.view, args.task = resolve_view_task(args.view, args.task)
-        validate_args(args)
+        try:
+            parse_bg_color(args.bg_color)
+        except ValueError:
+            raise ValueError(
+                f"unknown --bg-color {args.bg_color!r}; accepted: {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
+            ) from None
+        for unknown, flag, accepted in [
+            (args.precision not in ("auto", "bf16", "fp32"), "--precision", "auto, bf16, fp32"),
+            (args.view not in VIEWS, "--view", ", ".join(VIEWS)),
+            (args.task not in TASKS, "--task", f"{', '.join(TASKS)} ('far' is --view far)"),
+        ]:
+            if unknown:
+                raise ValueError(f"unknown {flag} {getattr(args, flag[2:])!r}; accepted: {accepted}")
+        anchor_pool = len(AnchorRecipe().track_seeds) * args.anchor_steps_per_track
+        for ok, flag, value, accepted in [
+            (args.frame_stack >= 1, "--frame-stack", args.frame_stack, "an integer >= 1"),
+            (args.action_repeat >= 1, "--action-repeat", args.action_repeat, "an integer >= 1"),
+            (args.progress_patience >= 0, "--progress-patience", args.progress_patience, "an integer >= 0 (0: never)"),
+            (1 <= args.num_anchors <= anchor_pool, "--num-anchors", args.num_anchors,
+             f"an integer in [1, {anchor_pool}] (the anchor pool: 4 tracks * --anchor-steps-per-track)"),
+            (0.0 <= args.anchor_ema < 1.0, "--anchor-ema", args.anchor_ema, "a float in [0, 1)"),
+            (args.anchor_steps_per_track >= 1, "--anchor-steps-per-track", args.anchor_steps_per_track, "an integer >= 1"),
+            (args.anchor_update_frequency >= 1, "--anchor-update-frequency", args.anchor_update_frequency,
+             "an integer >= 1"),
+            (args.num_envs >= 1, "--num-envs", args.num_envs, "an integer >= 1"),
+            (args.learning_rate > 0, "--learning-rate", args.learning_rate, "a float > 0"),
+            (args.buffer_size // max(args.num_envs, 1) >= args.frame_stack + 2, "--buffer-size", args.buffer_size,
+             "an integer >= --num-envs * (--frame-stack + 2)"),
+            (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
+            (args.target_network_frequency >= 1, "--target-network-frequency", args.target_network_frequency,
+             "an integer >= 1"),
+            (args.batch_size >= 1, "--batch-size", args.batch_size, "an integer >= 1"),
+            (0.0 <= args.start_e <= 1.0, "--start-e", args.start_e, "a float in [0, 1]"),
+            (0.0 <= args.end_e <= 1.0, "--end-e", args.end_e, "a float in [0, 1]"),
+            (0.0 < args.exploration_fraction <= 1.0, "--exploration-fraction", args.exploration_fraction,
+             "a float in (0, 1]"),
+            (1 <= args.learning_starts <= args.buffer_size, "--learning-starts", args.learning_starts,
+             "an integer in [1, --buffer-size]"),
+            # learning starts once the memory holds learning_starts transitions; fewer steps would train nothing
+            (args.total_timesteps > args.learning_starts, "--total-timesteps", args.total_timesteps,
+             f"an integer > --learning-starts ({args.learning_starts}): with fewer steps no gradient step is taken"),
+            (args.train_frequency >= 1, "--train-frequency", args.train_frequency, "an integer >= 1"),
+            (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (environment steps; 0: only at the end)"),
+            (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
+            (args.torch_threads >= 1, "--torch-threads", args.torch_threads, "an integer >= 1"),
+            (not args.capture_video or args.eval_episodes >= 1, "--capture-video with --eval-episodes", args.eval_episodes,
+             "--eval-episodes >= 1 (videos are taken during the final evaluation)"),
+        ]:  # fmt: skip
+            if not ok:
+                raise ValueError(f"bad {flag} {value!r}; accepted: {accepted}")
         if checkpoint is None:
             view_name = "" if args.view == "near" else f"-{args.view}"
             run_name = (
@@ -670,6 +599,7 @@ if __name__ == "__main__":
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     num_actions = int(envs.single_action_space.n)  # exploration draws from the env's own action space
 
+    # ALGO LOGIC: initialize agent here
     encoder, q_network = build_networks(args, num_actions, device)
     optimizer = torch.optim.Adam(list(encoder.parameters()) + list(q_network.parameters()), lr=args.learning_rate)
     target_encoder, target_network = build_networks(args, num_actions, device)
@@ -714,25 +644,18 @@ if __name__ == "__main__":
             "numpy_rng": rng.bit_generator.state,
         }
         metadata = {
-            "algorithm": "ddqn",
-            "bg_color": args.bg_color,
-            "view": args.view,
-            "task": args.task,
-            "reward": "standard",
-            "frame_stack": args.frame_stack,
-            "num_actions": num_actions,
-            "relative": args.relative,
+            "algorithm": "ddqn", "bg_color": args.bg_color, "view": args.view, "task": args.task, "reward": "standard",
+            "frame_stack": args.frame_stack, "num_actions": num_actions, "relative": args.relative,
             "anchor_set_id": anchor_set.set_id if args.relative else None,
             "num_anchors": args.num_anchors if args.relative else None,
-            "anchor_standardize": args.relative and args.anchor_standardize,
-            "latent_dim": encoder.latent_dim,
-            "seed": args.seed,
-            "global_step": global_step,
-            "args": asdict(args),
-        }
+            "anchor_standardize": args.relative and args.anchor_standardize, "latent_dim": encoder.latent_dim,
+            "seed": args.seed, "global_step": global_step, "args": asdict(args),
+        }  # fmt: skip
         save_atomic(agent_payload(encoder, q_network, metadata, training_state), checkpoint_path)
 
+    # ALGO Logic: replay memory
     rb = FrameReplayBuffer(args.buffer_size, args.num_envs, args.frame_stack)
+    # TRY NOT TO MODIFY: start the game
     start_time, start_step = time.time(), global_step
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run starts new episodes on other tracks
     rb.start(obs)
@@ -823,11 +746,29 @@ if __name__ == "__main__":
     envs.close()
     sps = (global_step - start_step) / (time.time() - start_time)
     print(f"checkpoint saved to {checkpoint_path} (global_step={global_step}, SPS={sps:.2f})")
+
+    # final evaluation: greedy (argmax Q, epsilon = 0) whole episodes with the run's action repeat on fresh tracks
     if args.eval_episodes > 0:
-        video_dir = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(encoder, q_network, args, args.eval_episodes, args.seed + 10_000, device, video_dir)
-        for episode, episodic_return in enumerate(eval_returns):
+        env = make_env(args, patience=0)
+        eval_returns = []
+        for episode in range(args.eval_episodes):
+            eval_obs, _ = env.reset(seed=args.seed + 10_000 + episode)
+            done, episodic_return, frames = False, 0.0, [eval_obs[-3:].transpose(1, 2, 0)]
+            while not done:
+                with torch.no_grad():
+                    action = q_network.greedy_action(encoder(torch.as_tensor(eval_obs, device=device)[None]))
+                eval_obs, reward, terminated, truncated, _ = env.step(int(action.item()))
+                episodic_return += float(reward)
+                done = terminated or truncated
+                if args.capture_video:
+                    frames.append(eval_obs[-3:].transpose(1, 2, 0))  # the newest RGB frame, (84, 84, 3)
+            eval_returns.append(episodic_return)
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
+            if args.capture_video:  # the agent's 84 x 84 view, scaled up 3x with nearest neighbour: crisp pixels
+                os.makedirs(os.path.join("videos", run_name), exist_ok=True)
+                crisp = np.stack(frames).repeat(3, axis=1).repeat(3, axis=2)
+                iio.imwrite(os.path.join("videos", run_name, f"eval-episode-{episode}.gif"), crisp, duration=20, loop=0)
+        env.close()
         print(
             f"eval_return_mean={np.mean(eval_returns):.2f} eval_return_std={np.std(eval_returns):.2f} "
             f"({args.eval_episodes} greedy episode{'s' if args.eval_episodes > 1 else ''} from track {args.seed + 10_000})"

@@ -1,8 +1,21 @@
 # docs and experiment results can be found in docs/ppo_relative.md
 """PPO with relative (or absolute) representations on colour-variable CarRacing.
 
-R3L: Ricciardi et al., "Zero-shot stitching in RL using relative representations" (arXiv 2404.12917). The agent is an encoder E (Nature CNN) and a policy (controller with actor and critic
-heads), kept as two modules because stitching combines the encoder of one run with the policy of another:
+R3L: Ricciardi et al., "Zero-shot stitching in RL using relative representations" (arXiv 2404.12917). The agent is an
+encoder E (Nature CNN) and a policy (controller with actor and critic heads), kept as two modules because stitching
+combines the encoder of one run with the policy of another. The relative representation of an observation x is its
+cosine similarity to the embeddings of a fixed set of anchor frames A, centred on the anchors' mean mu:
+
+    z = normalize(E(x) - mu) normalize(E(A) - mu)^T,   pi(a | x) = Policy(z)   (absolute baseline: Policy(E(x)))
+
+PPO (Schulman et al., "Proximal Policy Optimization Algorithms", arXiv 1707.06347, eq. 7 and 9), with
+r_t = pi(a_t | s_t) / pi_old(a_t | s_t), minimises
+
+    -E_t[ min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) ] + c_1 L^VF_t - c_2 H[pi(. | s_t)],   L^VF_t = 1/2 (V(s_t) - R_t)^2
+
+(--clip-vloss clips the value change like the ratio), with returns R_t = A_t + V_old(s_t) and advantages from GAE
+(Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage Estimation", arXiv 1506.02438,
+eq. 16): A_t = sum_l (gamma lambda)^l delta_{t+l},  delta_t = r_t + gamma V(s_{t+1}) - V(s_t).
 
     python ppo_relative.py --bg-color green                  # relative: pi( cos(E(x), E(A)) )   (eq. 3-4)
     python ppo_relative.py --bg-color green --no-relative    # absolute baseline: pi( E(x) )
@@ -16,7 +29,7 @@ import os
 import random
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import gymnasium as gym
@@ -39,6 +52,7 @@ from envs.checkpoint import (
     ensure_writable_dir,
     fail,
     load_agent_checkpoint,
+    native_bf16,
     save_atomic,
 )
 
@@ -281,187 +295,6 @@ class Policy(nn.Module):
         return self.forward(latent)[0].argmax(dim=-1)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Environments, checkpoints, evaluation
-# ---------------------------------------------------------------------------------------------------------
-def make_env(bg_color: str, task: str, frame_stack: int, view: str):
-    def thunk():
-        return make_color_car_racing(bg_color, task, frame_stack, view=view)
-
-    return thunk
-
-
-@torch.no_grad()
-def evaluate(
-    encoder: Encoder,
-    policy: Policy,
-    bg_color: str,
-    task: str,
-    frame_stack: int,
-    episodes: int,
-    seed: int,
-    device,
-    max_steps: Optional[int] = None,
-    video_dir: Optional[str] = None,
-    view: str = "near",
-) -> list[float]:
-    """Deterministic (argmax) episodes on fresh tracks `seed`, `seed + 1`, ...; returns the episodic returns.
-    `max_steps` cuts episodes short (tests); `video_dir` receives one GIF of the agent's view per episode."""
-    env = make_color_car_racing(bg_color, task, frame_stack, view=view)
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, episode_return, steps, frames = False, 0.0, 0, [obs[-3:].transpose(1, 2, 0)]
-        while not done and (max_steps is None or steps < max_steps):
-            action = policy.greedy_action(encoder(torch.as_tensor(obs, device=device)[None]))
-            obs, reward, terminated, truncated, _ = env.step(int(action.item()))
-            episode_return += float(reward)
-            done, steps = terminated or truncated, steps + 1
-            if video_dir is not None:
-                frames.append(obs[-3:].transpose(1, 2, 0))  # the newest RGB frame, (84, 84, 3)
-        returns.append(episode_return)
-        if video_dir is not None:
-            os.makedirs(video_dir, exist_ok=True)
-            # the agent's 84 x 84 view, scaled up 3x with nearest neighbour so that its pixels stay crisp
-            crisp = np.stack(frames).repeat(3, axis=1).repeat(3, axis=2)
-            iio.imwrite(os.path.join(video_dir, f"eval-episode-{episode}.gif"), crisp, duration=20, loop=0)
-    env.close()
-    return returns
-
-
-def native_bf16(device: torch.device) -> bool:
-    """The rule behind --precision auto: bf16 where the device multiplies bf16 matrices natively (CUDA GPUs with
-    bf16; CPUs with AMX or AVX512-BF16, where bf16 matrix products run 3-4x faster than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-
-
-def compute_gae(rewards, values, next_value, terminations, dones, gamma: float, gae_lambda: float) -> torch.Tensor:
-    """Generalized advantage estimation (Schulman et al. 2016, eq. 16) over a (num_steps, num_envs) rollout
-    of gymnasium 1.x vector envs, which reset an env on the step *after* its episode ended.
-
-    `terminations[t]` / `dones[t]`: the episode ended at step t by termination / by termination or
-    truncation; step t + 1 is then the env's reset step, whose advantage is meaningless (it is dropped
-    from the batch). V(s_{t+1}) is the value of the observation step t returned: after a truncation that
-    is the episode's true final observation, so truncated episodes bootstrap and terminated ones do not.
-    """
-    advantages = torch.zeros_like(rewards)
-    lastgaelam = torch.zeros_like(next_value)
-    for t in reversed(range(len(rewards))):
-        next_values = next_value if t == len(rewards) - 1 else values[t + 1]
-        delta = rewards[t] + gamma * next_values * (1.0 - terminations[t]) - values[t]
-        # the lambda-sum stops at the end of an episode: nothing after it belongs to the episode
-        advantages[t] = lastgaelam = delta + gamma * gae_lambda * (1.0 - dones[t]) * lastgaelam
-    return advantages
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Input validation and --resume
-# ---------------------------------------------------------------------------------------------------------
-# flags that may differ from the checkpoint's when resuming; every other flag must match it (or be left out)
-RESUME_FREE_FLAGS = (
-    "resume", "total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes", "capture_video", "runs_dir",
-)  # fmt: skip
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def validate_args(args: Args) -> None:
-    """Raise a one-line ValueError naming the first bad flag and what is accepted."""
-    try:
-        parse_bg_color(args.bg_color)
-    except ValueError:
-        raise ValueError(
-            f"unknown --bg-color {args.bg_color!r}; accepted: {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
-        ) from None
-    if args.precision not in PRECISIONS:
-        raise ValueError(f"unknown --precision {args.precision!r}; accepted: {', '.join(PRECISIONS)}")
-    if args.view not in VIEWS:
-        raise ValueError(f"unknown --view {args.view!r}; accepted: {', '.join(VIEWS)}")
-    if args.task not in TASKS:
-        raise ValueError(f"unknown --task {args.task!r}; accepted: {', '.join(TASKS)} ('far' is --view far)")
-    anchor_pool = len(AnchorRecipe().track_seeds) * args.anchor_steps_per_track
-    checks = [
-        (args.frame_stack >= 1, "--frame-stack", args.frame_stack, "an integer >= 1"),
-        (
-            1 <= args.num_anchors <= anchor_pool,
-            "--num-anchors",
-            args.num_anchors,
-            f"an integer in [1, {anchor_pool}] (the anchor pool: 4 tracks * --anchor-steps-per-track)",
-        ),
-        (0.0 <= args.anchor_ema < 1.0, "--anchor-ema", args.anchor_ema, "a float in [0, 1)"),
-        (args.anchor_steps_per_track >= 1, "--anchor-steps-per-track", args.anchor_steps_per_track, "an integer >= 1"),
-        (args.num_envs >= 1, "--num-envs", args.num_envs, "an integer >= 1"),
-        (args.num_steps >= 1, "--num-steps", args.num_steps, "an integer >= 1"),
-        (args.num_minibatches >= 1, "--num-minibatches", args.num_minibatches, "an integer >= 1"),
-        (args.update_epochs >= 1, "--update-epochs", args.update_epochs, "an integer >= 1"),
-        (
-            args.total_timesteps >= args.num_envs * args.num_steps,
-            "--total-timesteps",
-            args.total_timesteps,
-            f"an integer >= --num-envs * --num-steps = {args.num_envs * args.num_steps} (one PPO iteration)",
-        ),
-        (args.learning_rate > 0, "--learning-rate", args.learning_rate, "a float > 0"),
-        (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
-        (0.0 <= args.gae_lambda <= 1.0, "--gae-lambda", args.gae_lambda, "a float in [0, 1]"),
-        (args.clip_coef > 0, "--clip-coef", args.clip_coef, "a float > 0"),
-        (args.max_grad_norm > 0, "--max-grad-norm", args.max_grad_norm, "a float > 0"),
-        (args.target_kl is None or args.target_kl > 0, "--target-kl", args.target_kl, "a float > 0 or None"),
-        (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (0: only at the end)"),
-        (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
-        (args.torch_threads >= 1, "--torch-threads", args.torch_threads, "an integer >= 1"),
-        (
-            not args.capture_video or args.eval_episodes >= 1,
-            "--capture-video with --eval-episodes",
-            args.eval_episodes,
-            "--eval-episodes >= 1 (videos are taken during the final evaluation)",
-        ),
-    ]
-    for ok, flag, value, accepted in checks:
-        if not ok:
-            raise ValueError(f"bad {flag} {value!r}; accepted: {accepted}")
-
-
-def resumed_args(cli: Args, checkpoint: dict) -> Args:
-    """The checkpoint's Args, except the flags of RESUME_FREE_FLAGS given on the command line (a larger
-    --total-timesteps extends the run). Any other flag given with a value unlike the checkpoint's is an error."""
-    stored, defaults = checkpoint["metadata"]["args"], Args()
-    free = ", ".join("--" + name.replace("_", "-") for name in RESUME_FREE_FLAGS[1:])
-    values = {}
-    for f in fields(Args):
-        name, given = f.name, getattr(cli, f.name)
-        if name in RESUME_FREE_FLAGS:  # given on the command line (not left at its default): it wins
-            values[name] = given if given != getattr(defaults, name) or name not in stored else stored[name]
-        elif name in stored:
-            if given != getattr(defaults, name) and given != stored[name]:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} {given!r} differs from the resumed run's {stored[name]!r}; "
-                    f"accepted: leave it out or pass the stored value (only {free} may change)"
-                )
-            values[name] = stored[name]
-    return Args(**values)
-
-
-def checkpoint_metadata(args: Args, num_actions: int, latent_dim: int, anchor_set_id: Optional[str], global_step: int) -> dict:
-    return {
-        "algorithm": "ppo",
-        "bg_color": args.bg_color,
-        "view": args.view,
-        "task": args.task,
-        "reward": "standard",
-        "frame_stack": args.frame_stack,
-        "num_actions": num_actions,
-        "relative": args.relative,
-        "anchor_set_id": anchor_set_id,
-        "num_anchors": args.num_anchors if args.relative else None,
-        "anchor_standardize": args.relative and args.anchor_standardize,
-        "latent_dim": latent_dim,
-        "seed": args.seed,
-        "global_step": global_step,
-        "args": asdict(args),
-    }
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
     # Ctrl-C / SIGTERM from here on: the loop finishes its step, the last update is saved, one line, exit 130 / 143
@@ -475,10 +308,63 @@ if __name__ == "__main__":
             if algorithm != "ppo" or missing:
                 found = f"a {algorithm!r} run" if algorithm != "ppo" else f"no training_state {', '.join(missing)}"
                 raise ValueError(f"--resume {args.resume!r} holds {found}; accepted: a checkpoint written by ppo_relative.py")
-            args = resumed_args(args, checkpoint)
+            # nanoGPT-style resume: the checkpoint's args, except these run flags when given on the command line
+            run_flags = ("total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
+                         "capture_video", "runs_dir")  # fmt: skip
+            stored, given, defaults = checkpoint["metadata"]["args"], vars(args), vars(Args())
+            for name in [name for name in given if name != "resume"]:
+                saved = stored.get(name, defaults[name])  # a flag newer than the checkpoint: its default
+                if name not in run_flags and given[name] not in (defaults[name], saved):
+                    free = ", ".join("--" + flag.replace("_", "-") for flag in run_flags)
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's {saved!r}; "
+                        f"accepted: leave it out or pass the stored value (only {free} may change)"
+                    )
+                if name not in run_flags or given[name] == defaults[name]:
+                    given[name] = saved
+            args = Args(**given)
         if args.task == "far":  # the alias of the far view of the standard task
             args.view, args.task = resolve_view_task(args.view, args.task)
-        validate_args(args)
+        try:
+            parse_bg_color(args.bg_color)
+        except ValueError:
+            raise ValueError(
+                f"unknown --bg-color {args.bg_color!r}; accepted: {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'"
+            ) from None
+        anchor_pool = len(AnchorRecipe().track_seeds) * args.anchor_steps_per_track
+        for unknown, flag, accepted in [
+            (args.precision not in ("auto", "bf16", "fp32"), "--precision", "auto, bf16, fp32"),
+            (args.view not in VIEWS, "--view", ", ".join(VIEWS)),
+            (args.task not in TASKS, "--task", f"{', '.join(TASKS)} ('far' is --view far)"),
+        ]:
+            if unknown:
+                raise ValueError(f"unknown {flag} {getattr(args, flag[2:])!r}; accepted: {accepted}")
+        for ok, flag, value, accepted in [
+            (args.frame_stack >= 1, "--frame-stack", args.frame_stack, "an integer >= 1"),
+            (1 <= args.num_anchors <= anchor_pool, "--num-anchors", args.num_anchors,
+             f"an integer in [1, {anchor_pool}] (the anchor pool: 4 tracks * --anchor-steps-per-track)"),
+            (0.0 <= args.anchor_ema < 1.0, "--anchor-ema", args.anchor_ema, "a float in [0, 1)"),
+            (args.anchor_steps_per_track >= 1, "--anchor-steps-per-track", args.anchor_steps_per_track, "an integer >= 1"),
+            (args.num_envs >= 1, "--num-envs", args.num_envs, "an integer >= 1"),
+            (args.num_steps >= 1, "--num-steps", args.num_steps, "an integer >= 1"),
+            (args.num_minibatches >= 1, "--num-minibatches", args.num_minibatches, "an integer >= 1"),
+            (args.update_epochs >= 1, "--update-epochs", args.update_epochs, "an integer >= 1"),
+            (args.total_timesteps >= args.num_envs * args.num_steps, "--total-timesteps", args.total_timesteps,
+             f"an integer >= --num-envs * --num-steps = {args.num_envs * args.num_steps} (one PPO iteration)"),
+            (args.learning_rate > 0, "--learning-rate", args.learning_rate, "a float > 0"),
+            (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
+            (0.0 <= args.gae_lambda <= 1.0, "--gae-lambda", args.gae_lambda, "a float in [0, 1]"),
+            (args.clip_coef > 0, "--clip-coef", args.clip_coef, "a float > 0"),
+            (args.max_grad_norm > 0, "--max-grad-norm", args.max_grad_norm, "a float > 0"),
+            (args.target_kl is None or args.target_kl > 0, "--target-kl", args.target_kl, "a float > 0 or None"),
+            (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (0: only at the end)"),
+            (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
+            (args.torch_threads >= 1, "--torch-threads", args.torch_threads, "an integer >= 1"),
+            (not args.capture_video or args.eval_episodes >= 1, "--capture-video with --eval-episodes", args.eval_episodes,
+             "--eval-episodes >= 1 (videos are taken during the final evaluation)"),
+        ]:  # fmt: skip
+            if not ok:
+                raise ValueError(f"bad {flag} {value!r}; accepted: {accepted}")
         batch_size = args.num_envs * args.num_steps
         num_iterations = args.total_timesteps // batch_size
         start_iteration = 1 if checkpoint is None else checkpoint["training_state"]["iteration"] + 1
@@ -503,13 +389,14 @@ if __name__ == "__main__":
     except ValueError as e:
         fail(str(e))
 
+    # TRY NOT TO MODIFY: seeding
     torch.set_num_threads(args.torch_threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.precision == "auto":
+    if args.precision == "auto":  # bf16 where the device multiplies bf16 matrices natively
         args.precision = "bf16" if native_bf16(device) else "fp32"
     # mixed precision: forward passes under bf16 autocast; weights, optimiser state, losses, returns and
     # advantages stay fp32 (network outputs are cast back with .float() before any loss arithmetic)
@@ -526,19 +413,20 @@ if __name__ == "__main__":
     # a resumed run drops the TensorBoard events logged after its checkpoint, so the curves do not overlap
     writer = SummaryWriter(run_dir, purge_step=None if checkpoint is None else checkpoint["metadata"]["global_step"] + 1)
     if checkpoint is None:
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-        )
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     # env setup: gymnasium 1.x vector env, autoreset on the NEXT step (see the rollout below)
     envs = gym.vector.SyncVectorEnv(
-        [make_env(args.bg_color, args.task, args.frame_stack, args.view) for _ in range(args.num_envs)]
+        [
+            lambda: make_color_car_racing(args.bg_color, args.task, args.frame_stack, view=args.view)
+            for _ in range(args.num_envs)
+        ]
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
     num_actions = int(envs.single_action_space.n)
 
+    # ALGO LOGIC: initialize agent here
     # The anchor embeddings move once per PPO iteration, after the optimisation epochs: within an iteration
     # the projection is a fixed function, so the log-probs stored during the rollout and those recomputed in
     # the update see the same anchors (PPO's ratio measures only the change of the networks), and the anchor
@@ -552,13 +440,11 @@ if __name__ == "__main__":
     policy = Policy(encoder.latent_dim, num_actions).to(device)
     optimizer = torch.optim.Adam(list(encoder.parameters()) + list(policy.parameters()), lr=args.learning_rate, eps=1e-5)
     anchor_frames = torch.from_numpy(anchor_set.frames).to(device) if anchor_set is not None else None
-    anchor_set_id = anchor_set.set_id if anchor_set is not None else None
 
-    global_step = 0
+    global_step = 0 if checkpoint is None else checkpoint["metadata"]["global_step"]
     if checkpoint is None:
         with amp():
             encoder.update_anchors(anchor_frames)  # initialise E(A) with the untrained encoder's embeddings
-        env_seed = args.seed
     else:
         try:
             encoder.load_state_dict(checkpoint["encoder"])
@@ -570,19 +456,23 @@ if __name__ == "__main__":
                 f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
                 "accepted: an unmodified ppo_relative.py checkpoint"
             )
-        global_step = checkpoint["metadata"]["global_step"]
-        # the simulator's state is not in the checkpoint: the resumed run starts new episodes on tracks
-        # seeded from (seed, iteration), so a resumed run is reproducible but not identical to an uninterrupted one
-        env_seed = args.seed + start_iteration * args.num_envs
         print(f"resumed {run_name} at global_step={global_step} (iteration {start_iteration - 1})")
 
     def write_checkpoint(iteration: int, step: int) -> None:
+        """The r3l-agent-v1 contract (docs/checkpoints.md): fp32 CPU tensors whatever the precision, written atomically."""
+        metadata = {
+            "algorithm": "ppo", "bg_color": args.bg_color, "view": args.view, "task": args.task, "reward": "standard",
+            "frame_stack": args.frame_stack, "num_actions": num_actions, "relative": args.relative,
+            "anchor_set_id": anchor_set.set_id if anchor_set is not None else None,
+            "num_anchors": args.num_anchors if args.relative else None,
+            "anchor_standardize": args.relative and args.anchor_standardize, "latent_dim": encoder.latent_dim,
+            "seed": args.seed, "global_step": step, "args": asdict(args),
+        }  # fmt: skip
         training_state = {
             "optimizer": optimizer.state_dict(),
             "iteration": iteration,
             "torch_rng_state": torch.get_rng_state(),
         }
-        metadata = checkpoint_metadata(args, num_actions, encoder.latent_dim, anchor_set_id, step)
         save_atomic(agent_payload(encoder, policy, metadata, training_state), os.path.join(run_dir, AGENT_FILE))
 
     # ALGO Logic: Storage setup
@@ -597,18 +487,14 @@ if __name__ == "__main__":
 
     # TRY NOT TO MODIFY: start the game
     start_time, start_step = time.time(), global_step
-    next_obs, _ = envs.reset(seed=env_seed)
+    # the simulator's state is not in the checkpoint: a resumed run starts new episodes on tracks seeded from
+    # (seed, iteration), so it is reproducible but not identical to an uninterrupted run
+    next_obs, _ = envs.reset(seed=args.seed if checkpoint is None else args.seed + start_iteration * args.num_envs)
     next_obs = torch.as_tensor(next_obs, device=device)
     next_is_reset = torch.zeros(args.num_envs, dtype=torch.bool, device=device)
     recent_returns = deque(maxlen=20)
-    progress = tqdm(
-        total=num_iterations * batch_size,
-        initial=global_step,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=2.0,
-        smoothing=0.05,
-    )
+    progress = tqdm(total=num_iterations * batch_size, initial=global_step, unit="step", dynamic_ncols=True, mininterval=2.0,
+                    smoothing=0.05)  # fmt: skip
 
     completed_iteration, completed_step = start_iteration - 1, global_step
     for iteration in range(start_iteration, num_iterations + 1):
@@ -659,7 +545,17 @@ if __name__ == "__main__":
         with torch.no_grad():
             with amp():
                 next_value = policy(encoder(next_obs))[1].float()
-            advantages = compute_gae(rewards, values, next_value, terminations, dones, args.gamma, args.gae_lambda)
+            # GAE (eq. 16) with gymnasium 1.x autoreset: dones[t] / terminations[t] mark an episode that ended at step t
+            # (by termination or truncation / by termination), step t + 1 is then the env's reset step, dropped from the
+            # batch below. V(s_{t+1}) is the value of the observation step t returned: after a truncation that is the
+            # episode's true final observation, so truncated episodes bootstrap and terminated ones do not.
+            advantages = torch.zeros_like(rewards)
+            lastgaelam = torch.zeros_like(next_value)
+            for t in reversed(range(args.num_steps)):
+                nextvalues = next_value if t == args.num_steps - 1 else values[t + 1]
+                delta = rewards[t] + args.gamma * nextvalues * (1.0 - terminations[t]) - values[t]
+                # the lambda-sum stops at the end of an episode: nothing after it belongs to the episode
+                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * (1.0 - dones[t]) * lastgaelam
             returns = advantages + values
 
         # flatten the batch and drop the reset steps: they are not transitions of the MDP
@@ -760,22 +656,28 @@ if __name__ == "__main__":
     write_checkpoint(num_iterations, global_step)
     print(f"checkpoint saved to {checkpoint_path} (global_step={global_step}, SPS={sps})")
 
+    # final evaluation: deterministic (argmax) whole episodes on fresh tracks seed + 10000, seed + 10001, ...
     if args.eval_episodes > 0:
-        video_dir = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(
-            encoder,
-            policy,
-            args.bg_color,
-            args.task,
-            args.frame_stack,
-            args.eval_episodes,
-            args.seed + 10_000,
-            device,
-            video_dir=video_dir,
-            view=args.view,
-        )
-        for episode, episodic_return in enumerate(eval_returns):
+        env = make_color_car_racing(args.bg_color, args.task, args.frame_stack, view=args.view)
+        eval_returns = []
+        for episode in range(args.eval_episodes):
+            eval_obs, _ = env.reset(seed=args.seed + 10_000 + episode)
+            done, episodic_return, frames = False, 0.0, [eval_obs[-3:].transpose(1, 2, 0)]
+            while not done:
+                with torch.no_grad():
+                    action = policy.greedy_action(encoder(torch.as_tensor(eval_obs, device=device)[None]))
+                eval_obs, reward, terminated, truncated, _ = env.step(int(action.item()))
+                episodic_return += float(reward)
+                done = terminated or truncated
+                if args.capture_video:
+                    frames.append(eval_obs[-3:].transpose(1, 2, 0))  # the newest RGB frame, (84, 84, 3)
+            eval_returns.append(episodic_return)
             writer.add_scalar("eval/episodic_return", episodic_return, episode)
+            if args.capture_video:  # the agent's 84 x 84 view, scaled up 3x with nearest neighbour: crisp pixels
+                os.makedirs(os.path.join("videos", run_name), exist_ok=True)
+                crisp = np.stack(frames).repeat(3, axis=1).repeat(3, axis=2)
+                iio.imwrite(os.path.join("videos", run_name, f"eval-episode-{episode}.gif"), crisp, duration=20, loop=0)
+        env.close()
         print(
             f"eval_return_mean={np.mean(eval_returns):.2f} eval_return_std={np.std(eval_returns):.2f} "
             f"({args.eval_episodes} deterministic episodes on tracks {args.seed + 10_000}..)"

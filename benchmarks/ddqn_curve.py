@@ -30,7 +30,7 @@ def evaluate_checkpoints(pattern: str, episodes: int, first_track: int) -> list[
     """(global_step, mean, std, returns) of every checkpoint matching `pattern`, sorted by step."""
     import torch
 
-    from ddqn_relative import Args, agent_from_checkpoint, evaluate, load_checkpoint
+    from ddqn_relative import Args, agent_from_checkpoint, load_checkpoint, make_env
 
     torch.set_num_threads(1)
     points = {}
@@ -43,7 +43,18 @@ def evaluate_checkpoints(pattern: str, episodes: int, first_track: int) -> list[
         args = Args(**{k: v for k, v in metadata["args"].items() if k in known})
         args.view, args.task = metadata["view"], metadata["task"]
         encoder, q_network = agent_from_checkpoint(checkpoint)
-        returns = evaluate(encoder, q_network, args, episodes, first_track, torch.device("cpu"))
+        env, returns = make_env(args, patience=0), []  # greedy whole episodes, as the script's final evaluation
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=first_track + episode)
+            done, episodic_return = False, 0.0
+            while not done:
+                with torch.no_grad():
+                    action = q_network.greedy_action(encoder(torch.as_tensor(obs)[None]))
+                obs, reward, terminated, truncated, _ = env.step(int(action.item()))
+                episodic_return += float(reward)
+                done = terminated or truncated
+            returns.append(episodic_return)
+        env.close()
         points[metadata["global_step"]] = (float(np.mean(returns)), float(np.std(returns)), returns)
         print(
             f"{path}: global_step={metadata['global_step']} eval_return_mean={np.mean(returns):.1f} "

@@ -121,7 +121,8 @@ def main():
 
     import torch
 
-    from ddqn_relative import FrameReplayBuffer, native_bf16
+    from ddqn_relative import FrameReplayBuffer
+    from envs.checkpoint import native_bf16
 
     buffer = FrameReplayBuffer(100_000, 1, 1)
     print(f"replay memory: {buffer.nbytes / 1e9:.3f} GB per 100k transitions ({buffer.nbytes / 2**30:.3f} GiB)")

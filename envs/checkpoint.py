@@ -11,6 +11,7 @@
   finishes its step, writes its checkpoint and exits with 128 + the signal number (130 / 143).
 * `ensure_writable_dir(path, flag)` checks an output folder before any work is done; `fail(message)` prints
   `error: message` on one line and exits with status 2.
+* `native_bf16(device)`: the rule behind the trainers' `--precision auto`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def ensure_writable_dir(path: str, flag: str) -> str:
             "accepted: a folder this process can create and write to"
         ) from None
     return path
+
+
+def native_bf16(device: torch.device) -> bool:
+    """The rule behind --precision auto: bf16 where the device multiplies bf16 matrices natively (CUDA GPUs with
+    bf16; CPUs with AMX or AVX512-BF16, where bf16 matrix products run 3-4x faster than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
 def save_atomic(payload: dict, path: str) -> None:

@@ -11,7 +11,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-import tyro
 from conftest import run_script_in_process
 
 import ddqn_relative as ddqn
@@ -451,12 +450,12 @@ def test_resumed_logs_purge_the_steps_after_the_checkpoint(tmp_path, capsys):
         (["--capture-video", "--eval-episodes", "0"], ["--capture-video", "--eval-episodes >= 1"]),
     ],
 )
-def test_bad_flags_are_one_line_value_errors(flags, names):
-    args = tyro.cli(ddqn.Args, args=flags)
-    with pytest.raises(ValueError) as err:
-        ddqn.validate_args(args)
-    message = str(err.value)
-    assert "\n" not in message and all(name in message for name in names), message
+def test_bad_flags_are_one_line_errors(flags, names, tmp_path, capsys):
+    code, out, err = run(flags, tmp_path, capsys)
+    message = err.strip()
+    assert code == 2 and "\n" not in message and message.startswith("error: "), message
+    assert all(name in message for name in names), message
+    assert not (tmp_path / "runs").exists()  # nothing written
 
 
 def test_bad_input_exits_with_one_line_and_no_traceback(tmp_path, capsys):
