@@ -83,9 +83,10 @@ def evaluate_checkpoints(pattern: str, episodes: int, first_track: int) -> list[
     return [(points[step][0], step, points[step][1]) for step in sorted(points)]
 
 
-def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+def moving_average(steps: np.ndarray, values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, means of the last `window` values at each step), from the window-th point on."""
     window = max(1, min(window, len(values)))
-    return np.convolve(values, np.ones(window) / window, mode="valid")
+    return steps[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid")
 
 
 def write_curves(series: dict[str, list[str]], out: str, key: str = "charts/episodic_return", window: int = 1,
@@ -109,7 +110,7 @@ def write_curves(series: dict[str, list[str]], out: str, key: str = "charts/epis
                 if points:
                     steps, values = np.array(points).T
                     ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
-                    smooth.append((steps, moving_average(values, window)))
+                    smooth.append(moving_average(steps, values, window))
                 if logged.get(eval_key):
                     last_step = max((step for k, v in logged.items() if k != eval_key for step, _ in v), default=0)
                     eval_rows.append((name, Path(run_dir).name, eval_key, last_step, [v for _, v in logged[eval_key]]))
@@ -117,7 +118,7 @@ def write_curves(series: dict[str, list[str]], out: str, key: str = "charts/epis
                 eval_rows.append((name, Path(path).parent.name, path, step, returns))
             if smooth:
                 length = min(len(values) for _, values in smooth)
-                steps = smooth[0][0][len(smooth[0][0]) - length :]
+                steps = smooth[0][0][:length]
                 mean = np.mean([values[:length] for _, values in smooth], axis=0)
                 what = f"mean of {len(smooth)} runs" if len(smooth) > 1 else "one run"
                 what += f", moving average of {window}" if window > 1 else ""
