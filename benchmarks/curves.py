@@ -98,10 +98,13 @@ def write_curves(series: dict[str, list[str]], out: str, key: str = "charts/epis
     for name in series:
         panels.setdefault(name.rpartition("/")[0], []).append(name)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) if len(panels) > 1 else 7, 4), squeeze=False)
+    labels = list(dict.fromkeys(name.rpartition("/")[2] for name in series))  # one colour per label in every panel
+    colours = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(labels)))
     rows, eval_rows = [], []
     for ax, (panel, names) in zip(axes[0], panels.items()):
-        for name, colour in zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
+        for name in names:
             label = name.rpartition("/")[2]
+            colour = colours[label]
             smooth = []
             for run_dir in series[name]:
                 logged = scalars(run_dir)
@@ -122,7 +125,7 @@ def write_curves(series: dict[str, list[str]], out: str, key: str = "charts/epis
                 mean = np.mean([values[:length] for _, values in smooth], axis=0)
                 what = f"mean of {len(smooth)} runs" if len(smooth) > 1 else "one run"
                 what += f", moving average of {window}" if window > 1 else ""
-                ax.plot(steps, mean, color=colour, label=f"{label} ({what})")
+                ax.plot(steps, mean, color=colour, marker="o" if len(steps) == 1 else None, label=f"{label} ({what})")
             evals = [(step, np.mean(r), np.std(r)) for n, _, _, step, r in eval_rows if n == name]
             if evals:
                 s, m, sd = np.array(evals).T
