@@ -119,11 +119,7 @@ DOMAINS = {
                       ent_decay=False),
 }  # fmt: skip
 GRID_HORIZON = {11: 250, 13: 350}
-CHOICES = dict(precision=("fp32", "bf16"), ent_schedule=("auto", "linear", "constant"), vi_init=("auto", "zeros", "warm"),
-               laplace_support=("seen", "all"))  # fmt: skip
-VI_RESTART_BELOW = 100  # the authors' code restarts value iteration from 0 when the task horizon is below this
 CHECKPOINT_FORMAT = "rl3-meta-v1"
-CHECKPOINT_FILE = "agent.pt"
 RUN_FLAGS = ("total_timesteps", "torch_threads", "cuda", "precision", "save_every", "eval_episodes")  # may change on resume
 
 
@@ -311,22 +307,10 @@ def object_level_learner(args: Args, env) -> ObjectLevelRL:
     """The object-level learner of RL^3 for the B tasks of `env`, configured as in the authors' code: value
     iteration capped at the task horizon (1 bandit, 10 MDP, H gridworld) and, for `--vi-init auto`, restarted from
     V = 0 at every step when that horizon is below 100 (bandits, MDPs), warm-started otherwise (gridworlds)."""
-    cfg = DOMAINS[args.domain]
-    max_iters = min(env.episode_length, env.horizon)
-    restart = args.vi_init == "zeros" or (args.vi_init == "auto" and max_iters < VI_RESTART_BELOW)
-    return ObjectLevelRL(
-        env.num_tasks,
-        state_abstraction(args, env),
-        env.num_actions,
-        env.horizon,
-        cfg["laplace"],
-        args.obj_gamma,
-        cfg["vi_tol"],
-        max_iters,
-        cfg["value_scale"],
-        restart,
-        args.laplace_support == "seen",
-    )
+    cfg, max_iters = DOMAINS[args.domain], min(env.episode_length, env.horizon)
+    restart = args.vi_init == "zeros" or (args.vi_init == "auto" and max_iters < 100)
+    return ObjectLevelRL(env.num_tasks, state_abstraction(args, env), env.num_actions, env.horizon, cfg["laplace"],
+                         args.obj_gamma, cfg["vi_tol"], max_iters, cfg["value_scale"], restart, args.laplace_support == "seen")  # fmt: skip
 
 
 @torch.no_grad()
@@ -372,19 +356,18 @@ def rollout(agent: Agent, env, args: Args, task_seeds, greedy=False):
 
 def validate(args: Args) -> None:
     """Check the command line and fill the per-domain defaults; a one-line ValueError names the bad value."""
-    for name, value, accepted in [("algo", args.algo, ALGOS), ("domain", args.domain, tuple(DOMAINS)),
-                                  ("grid-size", args.grid_size, tuple(GRID_HORIZON))]:  # fmt: skip
-        if value not in accepted:
-            raise ValueError(f"unknown --{name} {value!r}; accepted: {', '.join(map(str, accepted))}")
-    for name, accepted in CHOICES.items():
+    choices = dict(algo=ALGOS, domain=tuple(DOMAINS), grid_size=tuple(GRID_HORIZON), precision=("fp32", "bf16"),
+                   ent_schedule=("auto", "linear", "constant"), vi_init=("auto", "zeros", "warm"),
+                   laplace_support=("seen", "all"))  # fmt: skip
+    for name, accepted in choices.items():
         if getattr(args, name) not in accepted:
-            raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(args, name)!r}; accepted: {', '.join(accepted)}")
-    cfg = DOMAINS[args.domain]
+            raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(args, name)!r}; "
+                             f"accepted: {', '.join(map(str, accepted))}")  # fmt: skip
+    cfg, module = DOMAINS[args.domain], DOMAINS[args.domain]["module"]
     if args.horizon is None:
         args.horizon = GRID_HORIZON[args.grid_size] if args.domain == "gridworld" else cfg["horizon"]
-    positive = ("horizon", "num_tasks", "eval_episodes", "minibatch_size", "update_epochs", "torch_threads", "d_model",
-                "n_heads", "n_layers", "d_ff")  # fmt: skip
-    for name in positive:
+    for name in ("horizon", "num_tasks", "eval_episodes", "minibatch_size", "update_epochs", "torch_threads", "d_model",
+                 "n_heads", "n_layers", "d_ff"):  # fmt: skip
         if getattr(args, name) <= 0:
             raise ValueError(f"bad --{name.replace('_', '-')} {getattr(args, name)}; accepted: a positive integer")
     if args.save_every < 0:
@@ -394,7 +377,6 @@ def validate(args: Args) -> None:
     if args.total_timesteps < args.num_tasks * args.horizon and not args.resume:
         raise ValueError(f"bad --total-timesteps {args.total_timesteps}; accepted: at least num_tasks * horizon = "
                          f"{args.num_tasks * args.horizon} (one PPO iteration)")  # fmt: skip
-    module = cfg["module"]
     if args.ood in ("all", "none"):
         args.ood = ",".join(module.OOD_VARIANTS) if args.ood == "all" else ""
     for variant in filter(None, args.ood.split(",")):
@@ -407,43 +389,34 @@ def validate(args: Args) -> None:
         args.ent_schedule = "linear" if cfg["ent_decay"] else "constant"
 
 
-def load_run(path: str) -> tuple[dict, str]:
-    """Read the agent.pt at `path` (or in the run folder `path`); returns (checkpoint, its path)."""
-    path = os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
-    accepted = f"accepted: a runs/{{run_name}}/{CHECKPOINT_FILE} written by rl3_meta.py, or its run folder"
-    checkpoint = load_torch_file(path, accepted)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
-        what = f"has format {found!r}" if isinstance(found, str) else "is not an rl3_meta.py checkpoint"
-        raise ValueError(f"{path!r} {what} (expected {CHECKPOINT_FORMAT!r}); {accepted}")
-    missing = [k for k in ("args", "model", "optimizer", "global_step", "iteration", "timing", "rng") if k not in checkpoint]
-    if missing:
-        raise ValueError(f"{path!r} lacks {', '.join(missing)}; {accepted}")
-    unknown = (
-        sorted(set(checkpoint["args"]) - set(Args.__dataclass_fields__)) if isinstance(checkpoint["args"], dict) else ["?"]
-    )
-    if unknown:
-        raise ValueError(f"{path!r} has flags this rl3_meta.py does not know ({', '.join(unknown)}); {accepted}")
-    return checkpoint, path
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
     try:
         checkpoint = None
-        if args.resume:  # nanoGPT-style: the checkpoint's flags, except the run flags given now
-            checkpoint, resume_path = load_run(args.resume)
+        if args.resume:  # nanoGPT-style: the flags saved in the checkpoint, except the run flags given now
+            resume_path = os.path.join(args.resume, "agent.pt") if os.path.isdir(args.resume) else args.resume
+            accepted = "accepted: a runs/{run_name}/agent.pt written by rl3_meta.py, or its run folder"
+            checkpoint = load_torch_file(resume_path, accepted)
+            found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+            if found != CHECKPOINT_FORMAT:
+                what = f"has format {found!r}" if isinstance(found, str) else "is not an rl3_meta.py checkpoint"
+                raise ValueError(f"{resume_path!r} {what} (expected {CHECKPOINT_FORMAT!r}); {accepted}")
+            missing = [k for k in ("args", "model", "optimizer", "global_step", "iteration", "timing", "rng") if k not in checkpoint]  # fmt: skip
+            if missing:
+                raise ValueError(f"{resume_path!r} lacks {', '.join(missing)}; {accepted}")
+            unknown = sorted(set(checkpoint["args"]) - set(Args.__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"{resume_path!r} has flags this rl3_meta.py does not know ({', '.join(unknown)}); {accepted}")  # fmt: skip
             args = Args(**{**checkpoint["args"], **{k: getattr(args, k) for k in RUN_FLAGS}, "resume": args.resume})
         validate(args)
         if checkpoint is None:
             run_name = f"{args.domain}__{args.algo}__{args.exp_name}__{args.seed}__{int(time.time())}"
-            run_dir = os.path.join(ensure_writable_dir(args.runs_dir, "--runs-dir"), run_name)
-            ensure_writable_dir(run_dir, "--runs-dir")
+            run_dir = ensure_writable_dir(os.path.join(args.runs_dir, run_name), "--runs-dir")
         else:
             run_dir = ensure_writable_dir(os.path.dirname(os.path.abspath(resume_path)), "--resume")
     except ValueError as e:
         fail(str(e))
-    checkpoint_path = os.path.join(run_dir, CHECKPOINT_FILE)
+    checkpoint_path = os.path.join(run_dir, "agent.pt")
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)

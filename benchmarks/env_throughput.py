@@ -1,4 +1,4 @@
-"""CarRacing environment throughput (issue 3): gymnasium's renderer vs the fast state renderer.
+"""CarRacing environment throughput: gymnasium's renderer vs the fast state renderer.
 
 Measures, in one run, single-process steps/s of
 
@@ -9,8 +9,8 @@ Measures, in one run, single-process steps/s of
 then the fast backend's vectorised throughput with ``--num-envs`` environments (sync and async),
 and the fidelity of the fast frames (mean |fast - gymnasium| per channel of the 84x84 preprocessed
 frames, on the same states). The single-process measurements interleave short rounds of every
-environment, so that on a shared machine they all see the same load (steps per CPU second are
-printed too: they depend less on the load). The last line is
+environment (benchmarks/interleave.py), so that on a shared machine they all see the same load (steps
+per CPU second are printed too: they depend less on the load). The last line is
 ``speedup_vs_gymnasium: <fast / CarRacing-v3>``.
 
     python benchmarks/env_throughput.py | tee benchmarks/results/env_throughput.txt
@@ -28,6 +28,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import envs  # noqa: E402,F401  (registers ColorCarRacing-v0)
+from benchmarks.interleave import interleave  # noqa: E402
 from envs.car_racing import ColorCarRacing, preprocess_frame  # noqa: E402
 from envs.fast_render import camera_zoom  # noqa: E402
 
@@ -88,21 +89,18 @@ def single_process(args: Args) -> dict[str, float]:
     envs_ = {name: make() for name, make in MAKERS.items()}
     for env in envs_.values():
         env.reset(seed=args.seed)
-    steps = dict.fromkeys(MAKERS, 0)
-    seconds = dict.fromkeys(MAKERS, 0.0)
-    cpu_seconds = dict.fromkeys(MAKERS, 0.0)
     rng = np.random.default_rng(args.seed)
-    for _ in range(args.rounds):
-        for name, env in envs_.items():
-            start, cpu_start = time.perf_counter(), time.process_time()
-            steps[name] += drive(env, args.round_seconds, rng)
-            seconds[name] += time.perf_counter() - start
-            cpu_seconds[name] += time.process_time() - cpu_start
-    for name in MAKERS:
-        print(
-            f"  {name:32s} {steps[name] / seconds[name]:9.1f} steps/s  ({steps[name] / cpu_seconds[name]:.1f} per CPU second)"
-        )
-    return {name: steps[name] / seconds[name] for name in MAKERS}
+
+    def measure(name: str, env: gym.Env) -> dict:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        steps = drive(env, args.round_seconds, rng)
+        return {"steps": steps, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
+
+    rounds = interleave(measure, envs_, args.rounds)
+    total = {name: {key: sum(r[key] for r in rows) for key in rows[0]} for name, rows in rounds.items()}
+    for name, t in total.items():
+        print(f"  {name:32s} {t['steps'] / t['seconds']:9.1f} steps/s  ({t['steps'] / t['cpu_seconds']:.1f} per CPU second)")
+    return {name: t["steps"] / t["seconds"] for name, t in total.items()}
 
 
 def vectorised(args: Args, asynchronous: bool) -> float:

@@ -11,7 +11,9 @@ bar and final line carry it), and prints per-run rows, per-variant medians and t
         --variant fp32 "--precision fp32" --variant bf16 "--precision bf16" --repeats 2
 
 `run_interleaved` is the same as a function, for benchmark scripts that print their own ratios
-(benchmarks/ppo_sps.py).
+(benchmarks/ppo_sps.py); its `collect` reads figures a script writes into its run folder (benchmarks/rl3_precision.py)
+and `alternate` reverses the order every other round (A, B, B, A, ...). `interleave` is the rounds alone, for
+measurements made in-process (benchmarks/env_throughput.py); `round_ratios` gives each round's ratio to a baseline.
 """
 
 from __future__ import annotations
@@ -26,22 +28,37 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPS_PATTERN = re.compile(r"SPS=(\d+(?:\.\d+)?)")
 
 
-def run_once(script: str, flags: list[str], steps: int) -> dict:
-    """One subprocess run of `script` with `flags` (plus a fresh --runs-dir); its wall, CPU and SPS figures."""
+def interleave(measure: Callable[[str, object], dict], variants: dict[str, object], repeats: int,
+               alternate: bool = False) -> dict[str, list[dict]]:  # fmt: skip
+    """{variant: [measure(name, variant) of round 1, round 2, ...]}, the variants measured in turn, `repeats` rounds;
+    with `alternate`, every other round runs them in reverse order."""
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for round_index in range(repeats):
+        order = list(variants.items())
+        for name, variant in reversed(order) if alternate and round_index % 2 else order:
+            runs[name].append(measure(name, variant))
+    return runs
+
+
+def run_once(script: str, flags: list[str], steps: int, collect: Callable[[str], dict] | None = None) -> dict:
+    """One subprocess run of `script` with `flags` (plus a fresh --runs-dir); its wall, CPU and SPS figures, and
+    `collect(runs_dir)`'s figures read from what the run wrote."""
     with tempfile.TemporaryDirectory(prefix="interleave-") as runs_dir:
         command = [sys.executable, str(REPO_ROOT / script), *flags, "--runs-dir", runs_dir]
         before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
-        raise RuntimeError(f"{shlex.join(command)} exited with {result.returncode}: {last}")
+        if result.returncode != 0:
+            last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+            raise RuntimeError(f"{shlex.join(command)} exited with {result.returncode}: {last}")
+        collected = collect(runs_dir) if collect else {}
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     printed = SPS_PATTERN.findall(result.stdout + result.stderr)
     return {
@@ -49,20 +66,28 @@ def run_once(script: str, flags: list[str], steps: int) -> dict:
         "cpu_s": cpu,
         "sps": float(printed[-1]) if printed else steps / wall,
         "cpu_s_per_1k_steps": 1000 * cpu / steps,
+        **collected,
     }
 
 
 def run_interleaved(script: str, common: list[str], variants: dict[str, list[str]], repeats: int, steps: int,
-                    log=print) -> dict[str, list[dict]]:  # fmt: skip
-    """{variant: [run figures, ...]} with the variants run in turn, `repeats` rounds."""
-    runs: dict[str, list[dict]] = {name: [] for name in variants}
-    for round_index in range(repeats):
-        for name, flags in variants.items():
-            figures = run_once(script, [*common, *flags], steps)
-            runs[name].append(figures)
-            log(f"round {round_index + 1}/{repeats}  {name:<24} SPS {figures['sps']:8.1f}   "
-                f"CPU {figures['cpu_s_per_1k_steps']:7.2f} s/1k steps   wall {figures['wall_s']:6.1f} s")  # fmt: skip
-    return runs
+                    log=print, collect: Callable[[str], dict] | None = None, alternate: bool = False) -> dict[str, list[dict]]:  # fmt: skip
+    """{variant: [run figures, ...]} of subprocess runs of `script`, the variants run in turn, `repeats` rounds."""
+    done = dict.fromkeys(variants, 0)
+
+    def measure(name: str, flags: list[str]) -> dict:
+        figures = run_once(script, [*common, *flags], steps, collect)
+        done[name] += 1
+        log(f"round {done[name]}/{repeats}  {name:<24} SPS {figures['sps']:8.1f}   "
+            f"CPU {figures['cpu_s_per_1k_steps']:7.2f} s/1k steps   wall {figures['wall_s']:6.1f} s")  # fmt: skip
+        return figures
+
+    return interleave(measure, variants, repeats, alternate)
+
+
+def round_ratios(runs: dict[str, list[dict]], baseline: str, key: str) -> dict[str, list[float]]:
+    """{variant: [figure / baseline's figure, per round]}: each ratio compares runs made back to back."""
+    return {name: [r[key] / b[key] for r, b in zip(rows, runs[baseline])] for name, rows in runs.items()}
 
 
 def medians(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
@@ -88,12 +113,15 @@ if __name__ == "__main__":
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "FLAGS"), required=True,
                         help="a named set of extra flags; repeat for each variant; the first is the baseline")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=2, help="rounds of interleaved runs")
+    parser.add_argument("--alternate", action="store_true", help="reverse the order every other round (A, B, B, A, ...)")
     args = parser.parse_args()
     if not (REPO_ROOT / args.script).is_file():
         parser.exit(2, f"error: unknown script {args.script!r}; accepted: a .py file at the repository root\n")
     variants = {name: shlex.split(flags) for name, flags in args.variant}
     try:
-        runs = run_interleaved(args.script, shlex.split(args.common), variants, args.repeats, args.steps)
+        runs = run_interleaved(
+            args.script, shlex.split(args.common), variants, args.repeats, args.steps, alternate=args.alternate
+        )
     except RuntimeError as e:
         parser.exit(2, f"error: {e}\n")
     print(ratio_table(runs, baseline=args.variant[0][0]))

@@ -41,7 +41,6 @@ def cpu_seconds(fn, repeats: int) -> float:
 def components(args) -> None:
     import torch
 
-    sys.path.insert(0, str(REPO_ROOT))
     from envs.car_racing import make_color_car_racing
     from ppo_relative import Encoder, Policy
 

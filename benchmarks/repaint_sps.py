@@ -1,9 +1,10 @@
 """Speed of repaint_ppo.py on CarRacing: bf16 autocast against fp32, interleaved in one invocation.
 
-Not a test. Each round runs `repaint_ppo.py --env carracing` once per precision (fp32, bf16, alternating which goes
-first), for `--transfer none` and, with `--teacher`, `--transfer repaint`; a run's SPS is the one the script prints at
-its last iteration (student steps per second, interpreter start-up and the final evaluation excluded). The ratio
-bf16 / fp32 is taken per round, so both precisions of a ratio ran back to back under the same machine load.
+Not a test. Each round runs `repaint_ppo.py --env carracing` once per precision (fp32, bf16) for `--transfer none`
+and, with `--teacher`, `--transfer repaint`, through benchmarks/interleave.py (every other round in reverse order);
+a run's SPS is the one the script's progress bar shows at its last iteration (student steps per second, interpreter
+start-up and the final evaluation excluded). The ratio bf16 / fp32 is taken per round, so both precisions of a ratio
+ran back to back under the same machine load.
 
     nice -n 10 python benchmarks/repaint_sps.py --teacher runs/<carracing run>/agent.pt
 
@@ -11,8 +12,6 @@ Writes benchmarks/results/repaint_sps.txt.
 """
 
 import os
-import re
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -21,7 +20,8 @@ import torch
 import tyro
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPS = re.compile(r"^iteration \d+/\d+ step \d+.* SPS (\d+)$", re.M)
+sys.path.insert(0, REPO_ROOT)
+from benchmarks.interleave import round_ratios, run_interleaved  # noqa: E402
 
 
 @dataclass
@@ -36,45 +36,16 @@ class Args:
     """environments"""
     num_steps: int = 128
     """steps per environment per iteration"""
-    runs_dir: str = "/tmp/repaint_sps"
-    """where the (throw-away) runs go"""
     out: str = os.path.join(REPO_ROOT, "benchmarks", "results", "repaint_sps.txt")
     """the result file"""
 
 
-def sps(argv: list[str]) -> int:
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "repaint_ppo.py"), *argv],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        check=True,
-    )
-    return int(SPS.findall(result.stdout)[-1])
-
-
 def main(args: Args):
-    common = [
-        "--env",
-        "carracing",
-        "--runs-dir",
-        args.runs_dir,
-        "--eval-episodes",
-        "0",
-        "--num-envs",
-        str(args.num_envs),
-        "--num-steps",
-        str(args.num_steps),
-        "--total-timesteps",
-        str(args.total_timesteps),
-    ]
+    common = ["--env", "carracing", "--eval-episodes", "0", "--num-envs", str(args.num_envs), "--num-steps",
+              str(args.num_steps), "--total-timesteps", str(args.total_timesteps), "--seed", "1"]  # fmt: skip
     modes = {"none": []} | ({"repaint": ["--transfer", "repaint", "--teacher", args.teacher]} if args.teacher else {})
-    results = {(mode, p): [] for mode in modes for p in ("fp32", "bf16")}
-    for r in range(args.rounds):
-        for mode, extra in modes.items():
-            for precision in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
-                results[(mode, precision)].append(sps([*common, *extra, "--precision", precision, "--seed", str(r + 1)]))
-                print(mode, precision, results[(mode, precision)][-1], flush=True)
+    variants = {f"{mode} {p}": [*extra, "--precision", p] for mode, extra in modes.items() for p in ("fp32", "bf16")}
+    runs = run_interleaved("repaint_ppo.py", common, variants, args.rounds, args.total_timesteps, alternate=True)
     lines = [
         "repaint_ppo.py SPS on CarRacing, bf16 autocast vs fp32, interleaved in one invocation",
         f"command: nice -n 10 python benchmarks/repaint_sps.py --teacher {args.teacher or '(none)'} --rounds {args.rounds} "
@@ -86,8 +57,8 @@ def main(args: Args):
         "|---|---|---|---|---|",
     ]
     for mode in modes:
-        fp32, bf16 = results[(mode, "fp32")], results[(mode, "bf16")]
-        ratios = [b / f for b, f in zip(bf16, fp32)]
+        fp32, bf16 = ([int(r["sps"]) for r in runs[f"{mode} {p}"]] for p in ("fp32", "bf16"))
+        ratios = round_ratios(runs, f"{mode} fp32", "sps")[f"{mode} bf16"]
         lines.append(
             f"| {mode} | {' '.join(map(str, fp32))} | {' '.join(map(str, bf16))} | "
             f"{' '.join(f'{x:.2f}' for x in ratios)} | {np.mean(ratios):.2f} +- {np.std(ratios):.2f} |"

@@ -30,6 +30,8 @@ import numpy as np
 import tyro
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from benchmarks.curves import write_curves  # noqa: E402
 
 
 @dataclass
@@ -108,16 +110,6 @@ def run_all(jobs, runs_dir, code_dir, parallel, start):
             done[key] = os.path.dirname(sorted(glob.glob(os.path.join(out_dir, "*", "eval.json")))[-1])
             print(f"[{(time.time() - start) / 60:.1f} min] {key} done", flush=True)
     return done
-
-
-def curve(run_dir):
-    """(steps, training normalised return) from a run's TensorBoard log."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
-    events.Reload()
-    scalars = events.Scalars("charts/normalized_return")
-    return np.array([s.step for s in scalars]), np.array([s.value for s in scalars])
 
 
 def pm(values, digits=3):
@@ -207,42 +199,6 @@ def report(configs, runs, seeds, code_dir):
     return lines + [""] + clock, summary
 
 
-def plot_curves(configs, runs, seeds, results_dir, summary):
-    """Learning curves: training normalised return vs meta-training steps, mean over seeds (thick) and per seed (thin);
-    dashed: the random and object-level-greedy baselines on the held-out tasks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(configs), figsize=(4.2 * len(configs), 3.4))
-    rows = ["configuration,algorithm,seed,step,normalized_return"]
-    for ax, (config, algos, _) in zip(np.atleast_1d(axes), configs):
-        for algo, colour in zip(algos, ("tab:blue", "tab:red", "tab:green")):
-            done = [s for s in seeds if (config, algo, s) in runs]
-            if not done:
-                continue
-            curves = [curve(runs[(config, algo, s)]) for s in done]
-            for seed, (steps, values) in zip(done, curves):
-                ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
-                rows += [f"{config},{algo},{seed},{int(x)},{y:.5f}" for x, y in zip(steps, values)]
-            length = min(len(c[0]) for c in curves)
-            ax.plot(curves[0][0][:length], np.mean([c[1][:length] for c in curves], axis=0), color=colour, label=algo)
-        if config in summary:
-            baselines = summary[config]["baselines"]
-            ax.axhline(baselines["random"], color="grey", linestyle="--", linewidth=1, label="random")
-            ax.axhline(baselines["object_level_greedy"], color="black", linestyle=":", linewidth=1, label="greedy on Q")
-        ax.set_title(config)
-        ax.set_xlabel("meta-training steps")
-        ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].set_ylabel("normalised return (training tasks)")
-    np.atleast_1d(axes)[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(results_dir, "rl3_curves.png"), dpi=110)
-    with open(os.path.join(results_dir, "rl3_curves.csv"), "w") as f:
-        f.write("\n".join(rows) + "\n")
-
-
 if __name__ == "__main__":
     args = tyro.cli(Args)
     runs_dir = os.path.join(REPO, args.runs_dir)
@@ -259,7 +215,15 @@ if __name__ == "__main__":
     lines, summary = report(configs, runs, list(args.seeds), code_dir)
     results_dir = os.path.join(REPO, args.results_dir)
     os.makedirs(results_dir, exist_ok=True)
-    plot_curves(configs, runs, list(args.seeds), results_dir, summary)
+    # learning curves: training normalised return vs meta-training steps, per seed (thin) and mean over seeds (thick);
+    # dashed: the random and object-level-greedy baselines on the held-out tasks
+    series = {f"{config}/{algo}": [runs[(config, algo, s)] for s in args.seeds if (config, algo, s) in runs]
+              for config, algos, _ in configs for algo in algos}  # fmt: skip
+    hlines = {config: {"random": summary[config]["baselines"]["random"],
+                       "greedy on Q": summary[config]["baselines"]["object_level_greedy"]} for config in summary}  # fmt: skip
+    write_curves({k: v for k, v in series.items() if v}, os.path.join(results_dir, "rl3_curves"),
+                 key="charts/normalized_return", hlines=hlines, ylabel="normalised return (training tasks)",
+                 xlabel="meta-training steps")  # fmt: skip
     budget = (f"budget per run: MDPs {args.mdp_iterations} iterations x {args.mdp_steps_per_iteration} steps = "
               f"{args.mdp_iterations * args.mdp_steps_per_iteration} steps; 13x13 gridworld {args.gridworld_iterations} "
               f"iterations x 2800 steps = {args.gridworld_iterations * 2800} steps; lr {args.learning_rate}; "

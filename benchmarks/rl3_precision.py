@@ -3,7 +3,7 @@
 `--variants precision`: does bf16 autocast make RL^3 faster? `--variants threads`: does a second torch thread?
 `--variants algo`: what does the object-level RL cost (RL^2, RL^3, RL^3-coarse)? Defaults: fp32, 1 thread.
 For each configuration (random MDPs H=64, 64 tasks; 13x13 gridworlds H=350, 8 tasks) the variants run one after the
-other, `--repeats` rounds in a row, so slow phases of a shared machine hit all variants alike. Each run trains
+other, `--repeats` rounds in a row (benchmarks/interleave.py), so slow phases of a shared machine hit all variants alike. Each run trains
 `--iterations` PPO iterations of 4 epochs (no KL early stop, so every variant does the same work); the figure is the
 wall-clock per iteration (rollout + update) that rl3_meta.py writes to eval.json, and the PPO update per epoch.
 Ratios are variant / first variant, per round, then mean +- std over rounds.
@@ -16,9 +16,7 @@ Ratios are variant / first variant, per round, then mean +- std over rounds.
 import glob
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,10 +24,13 @@ import torch
 import tyro
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from benchmarks.interleave import round_ratios, run_interleaved  # noqa: E402
+
 CONFIGS = {
     "mdp_H64": ["--domain", "mdp", "--horizon", "64", "--num-tasks", "64", "--minibatch-size", "1024"],
-    "gridworld13": ["--domain", "gridworld", "--grid-size", "13", "--num-tasks", "8", "--minibatch-size", "700"],
-}
+    "gridworld13": ["--domain", "gridworld", "--grid-size", "13", "--horizon", "350", "--num-tasks", "8", "--minibatch-size", "700"],
+}  # fmt: skip
 VARIANT_SETS = {
     "precision": {"fp32": ["--precision", "fp32"], "bf16": ["--precision", "bf16"]},
     "threads": {"1 thread": ["--torch-threads", "1"], "2 threads": ["--torch-threads", "2"]},
@@ -51,18 +52,12 @@ class Args:
     """where the table is written (default: benchmarks/results/rl3_{variants}_timing.txt)"""
 
 
-def timed_run(flags, iterations):
-    """Train RL^3 with `flags`; returns (seconds per iteration, update seconds per epoch)."""
-    with tempfile.TemporaryDirectory() as runs_dir:
-        steps = (
-            iterations * int(flags[flags.index("--num-tasks") + 1]) * int(dict(zip(flags, flags[1:])).get("--horizon", 350))
-        )
-        command = [sys.executable, "rl3_meta.py", "--runs-dir", runs_dir, "--total-timesteps", str(steps),
-                   "--update-epochs", "4", "--target-kl", "1000", "--eval-episodes", "2", "--ood", "none"] + flags  # fmt: skip
-        subprocess.run(command, cwd=REPO, check=True, capture_output=True)
-        with open(glob.glob(os.path.join(runs_dir, "*", "eval.json"))[0]) as f:
-            result = json.load(f)
-    return result["iteration_seconds"], result["update_seconds_per_iteration"] / result["update_epochs_per_iteration"]
+def eval_json(runs_dir: str) -> dict:
+    """The run's wall-clock per iteration (rollout + update) and PPO update seconds per epoch, from its eval.json."""
+    with open(glob.glob(os.path.join(runs_dir, "*", "eval.json"))[0]) as f:
+        result = json.load(f)
+    return {"iteration_s": result["iteration_seconds"],
+            "update_s_per_epoch": result["update_seconds_per_iteration"] / result["update_epochs_per_iteration"]}  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -77,18 +72,17 @@ if __name__ == "__main__":
              f"{args.repeats} interleaved rounds x {args.iterations} iterations (4 epochs each, no KL stop)", "",
              f"| configuration | variant | s / iteration (mean over rounds) | ratio to {first}, per iteration | "
              "ratio, PPO update per epoch |", "|---|---|---|---|---|"]  # fmt: skip
-    for config, flags in [(c, CONFIGS[c]) for c in args.configs]:
-        times = {v: [] for v in variants}
-        for _ in range(args.repeats):
-            for variant, extra in variants.items():
-                times[variant].append(timed_run(flags + extra, args.iterations))
-                print(config, variant, times[variant][-1], flush=True)
-        base = np.array(times[first])
+    for config in args.configs:
+        options = dict(zip(CONFIGS[config], CONFIGS[config][1:]))
+        steps = args.iterations * int(options["--num-tasks"]) * int(options["--horizon"])
+        common = ["--total-timesteps", str(steps), "--update-epochs", "4", "--target-kl", "1000", "--eval-episodes", "2",
+                  "--ood", "none", *CONFIGS[config]]  # fmt: skip
+        runs = run_interleaved("rl3_meta.py", common, variants, args.repeats, steps, collect=eval_json)
+        ratios, update_ratios = round_ratios(runs, first, "iteration_s"), round_ratios(runs, first, "update_s_per_epoch")
         for variant in variants:
-            t = np.array(times[variant])
-            ratio, update_ratio = t[:, 0] / base[:, 0], t[:, 1] / base[:, 1]
-            lines.append(f"| {config} | {variant} | {t[:, 0].mean():.2f} | {ratio.mean():.2f} +- {ratio.std():.2f} "
-                         f"| {update_ratio.mean():.2f} +- {update_ratio.std():.2f} |")  # fmt: skip
+            seconds = np.mean([r["iteration_s"] for r in runs[variant]])
+            lines.append(f"| {config} | {variant} | {seconds:.2f} | {np.mean(ratios[variant]):.2f} +- {np.std(ratios[variant]):.2f} "
+                         f"| {np.mean(update_ratios[variant]):.2f} +- {np.std(update_ratios[variant]):.2f} |")  # fmt: skip
     text = "\n".join(lines) + "\n"
     print(text)
     with open(os.path.join(REPO, args.output or f"benchmarks/results/rl3_{args.variants}_timing.txt"), "w") as f:
