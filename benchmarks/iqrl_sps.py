@@ -89,7 +89,8 @@ class Args:
 
 
 def geomean(values):
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+    """nan where a figure is not positive (a cost difference lost in noise)."""
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values and min(values) > 0 else float("nan")
 
 
 if __name__ == "__main__":
@@ -147,7 +148,7 @@ if __name__ == "__main__":
             r = [x / y for x, y in zip(per_update[a][key], per_update[b][key])]
             fwd, rev = r[0::2], r[1::2]
             lines.append(f"| {a} / {b} | {key} | {row(r)} | {geomean(r):.2f}x ({min(r):.2f}-{max(r):.2f}) | "
-                         f"{geomean(fwd):.2f}x | {geomean(rev) if rev else float('nan'):.2f}x | {what} |")  # fmt: skip
+                         f"{geomean(fwd):.2f}x | {geomean(rev):.2f}x | {what} |")  # fmt: skip
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
