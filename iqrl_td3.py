@@ -466,13 +466,12 @@ if __name__ == "__main__":
     num_critics = args.num_critics if iqrl else 2
     critics = CriticEnsemble(latent_dim + act_dim, args.mlp_dims, num_critics, layer_norm=iqrl).to(device)
     modules = {"encoder": encoder, "actor": actor, "critics": critics}
-    # fused=True: one kernel per optimiser step instead of ~10 passes per parameter tensor (CPU and CUDA)
-    optimizers = {"actor": torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True),
-                  "critics": torch.optim.Adam(critics.parameters(), lr=args.q_lr, fused=True)}  # fmt: skip
+    optimizers = {"actor": torch.optim.Adam(actor.parameters(), lr=args.actor_lr),
+                  "critics": torch.optim.Adam(critics.parameters(), lr=args.q_lr)}  # fmt: skip
     if has_encoder:
         dynamics = LatentDynamics(latent_dim, act_dim, args).to(device)
         representation_params = list(encoder.parameters()) + list(dynamics.parameters())
-        optimizers["representation"] = torch.optim.AdamW(representation_params, lr=args.enc_lr, weight_decay=args.enc_weight_decay, fused=True)  # fmt: skip
+        optimizers["representation"] = torch.optim.AdamW(representation_params, lr=args.enc_lr, weight_decay=args.enc_weight_decay)  # fmt: skip
         target_encoder = Encoder(obs_dim, args).to(device).requires_grad_(False)  # momentum encoder e_bar (EMA of e_theta)
         modules.update(dynamics=dynamics, target_encoder=target_encoder)
     target_actor = Actor(latent_dim, act_dim, args, action_low, action_high).to(device).requires_grad_(False)
