@@ -14,8 +14,8 @@ min-max, for all rounds and per direction.
 
     nice -n 10 python benchmarks/iqrl_sps.py --rounds 4     # writes benchmarks/results/iqrl_sps.txt
 
-"old" is the file as it was when its speed targets were set: commit f1a4080, the last change to iqrl_td3.py before
-`--precision` was added (ed7ce86). "before" is the commit before the speed change of the working tree.
+"old" is iqrl_td3.py at commit f1a4080, the last version before `--precision`, the 5-critic ensemble and the batched
+critics were added (ed7ce86). "before" is the commit before the speed change of the working tree.
 """
 
 import math
