@@ -38,11 +38,6 @@ from tqdm import tqdm
 
 from envs.checkpoint import GracefulStop, ensure_writable_dir, fail, load_torch_file, save_atomic
 
-CHECKPOINT_FORMAT = "iqrl-td3-v1"
-CHECKPOINT_FILE = "agent.pt"
-# flags a resumed run may change; every other flag comes from the checkpoint (nanoGPT-style resume)
-RESUMABLE = ("total_timesteps", "torch_threads", "cuda", "save_every", "eval_episodes", "runs_dir", "precision", "resume")
-
 
 @dataclass
 class Args:
@@ -55,11 +50,10 @@ class Args:
     cuda: bool = True
     """if toggled, cuda will be used when available"""
     torch_threads: int = 1
-    """CPU threads torch may use (1 measured fastest per core on a shared 2-core machine; see docs)"""
+    """CPU threads torch may use (1 measured fastest on a shared 2-core machine; see docs)"""
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     """bf16: autocast forward passes (fp32 weights, optimiser state, value head, losses, checkpoints); auto: bf16 where
-    the device computes it natively (CUDA with bf16, CPU with AMX or AVX512-BF16). Default fp32: bf16 pays only at
-    the paper's widths and its learning parity with fp32 is not shown (docs/iqrl_td3.md)"""
+    the device computes it natively (CUDA with bf16, CPU with AMX or AVX512-BF16); fp32 default: parity not shown"""
     runs_dir: str = "runs"
     """folder that receives `{runs_dir}/{run_name}/` (TensorBoard logs and the checkpoint agent.pt)"""
     resume: Optional[str] = None
@@ -73,8 +67,7 @@ class Args:
 
     # Algorithm specific arguments
     algo: Literal["iqrl", "td3"] = "iqrl"
-    """iqrl: the iQRL agent (and its ablations via --no-fsq / --no-encoder); td3: standard TD3, ReLU 256-256
-    networks, 2 critics, actor on Q1, targets updated with the delayed actor (the iQRL-only flags are ignored)"""
+    """iqrl: the iQRL agent (ablations: --no-fsq, --no-encoder); td3: standard TD3 (ReLU 256-256, 2 critics, actor on Q1)"""
     env_id: str = "HalfCheetah-v5"
     """the id of the gymnasium environment (continuous actions, vector observations)"""
     total_timesteps: int = 1_000_000
@@ -114,8 +107,7 @@ class Args:
     num_sampled_critics: int = 2
     """iqrl: critics drawn at random from the ensemble for the target's min and the actor's mean (official: 2)"""
     critic_target_every_step: bool = True
-    """iqrl: soft-update the target critics after every critic step (official code); --no-critic-target-every-step
-    moves them with the delayed actor, as TD3 does"""
+    """iqrl: soft-update the target critics after every critic step (official code); --no-...: with the actor (TD3)"""
 
     # Representation (iQRL) arguments
     encoder: bool = True
@@ -381,87 +373,6 @@ def representation_diagnostics(encoder: Encoder, obs: torch.Tensor) -> dict:
     return out
 
 
-def native_bf16(device: torch.device) -> bool:
-    """The rule behind --precision auto: the device multiplies bf16 matrices natively."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-
-
-def resolve_args(args: Args) -> Args:
-    """Fill the algorithm-dependent defaults (None) and check every flag; raise a one-line ValueError if bad."""
-    td3 = args.algo == "td3"
-    args.mlp_dims = args.mlp_dims or ([256, 256] if td3 else [512, 512])
-    args.noise_clip = args.noise_clip if args.noise_clip is not None else (0.5 if td3 else 0.3)
-    if args.exploration_noise_start is None:
-        args.exploration_noise_start = 0.1 if td3 else 1.0
-    try:
-        gym.spec(args.env_id)
-    except gym.error.Error:
-        raise ValueError(
-            f"unknown --env-id {args.env_id!r}; accepted: a registered gymnasium id with continuous (Box) "
-            "actions, e.g. HalfCheetah-v5, Hopper-v5, Walker2d-v5, Pendulum-v1"
-        ) from None
-    ints = {"n-step": args.n_step, "horizon": args.horizon, "latent-dim": args.latent_dim, "batch-size": args.batch_size,
-            "total-timesteps": args.total_timesteps, "learning-starts": args.learning_starts, "torch-threads":
-            args.torch_threads, "policy-frequency": args.policy_frequency, "log-every": args.log_every,
-            "exploration-noise-decay-steps": args.exploration_noise_decay_steps, "num-critics": args.num_critics,
-            "num-sampled-critics": args.num_sampled_critics}  # fmt: skip
-    for flag, value in ints.items():
-        if value < 1:
-            raise ValueError(f"bad --{flag} {value}; accepted: an integer >= 1")
-    checks = [
-        (
-            min(args.fsq_levels, default=0) >= 2,
-            "--fsq-levels",
-            args.fsq_levels,
-            "one or more integers >= 2, e.g. 8 8 or 8 6 5",
-        ),
-        (0.0 < args.rho <= 1.0, "--rho", args.rho, "a float in (0, 1]"),
-        (0.0 <= args.gamma <= 1.0, "--gamma", args.gamma, "a float in [0, 1]"),
-        (0.0 < args.tau <= 1.0, "--tau", args.tau, "a float in (0, 1]"),
-        (0.0 < args.enc_tau <= 1.0, "--enc-tau", args.enc_tau, "a float in (0, 1]"),
-        (
-            args.buffer_size > max(args.horizon, args.n_step),
-            "--buffer-size",
-            args.buffer_size,
-            "an integer > max(--horizon, --n-step)",
-        ),
-        (
-            min(args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end) >= 0,
-            "--policy-noise/--noise-clip/--exploration-noise-*",
-            (args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end),
-            "non-negative floats",
-        ),
-        (min(args.mlp_dims) >= 1, "--mlp-dims", args.mlp_dims, "one or more positive integers"),
-        (min(args.enc_mlp_dims, default=1) >= 1, "--enc-mlp-dims", args.enc_mlp_dims, "positive integers"),
-        (
-            args.num_sampled_critics <= args.num_critics,
-            "--num-sampled-critics",
-            args.num_sampled_critics,
-            f"an integer in [1, --num-critics {args.num_critics}]",
-        ),
-        (args.eval_episodes >= 0, "--eval-episodes", args.eval_episodes, "an integer >= 0"),
-        (args.save_every >= 0, "--save-every", args.save_every, "an integer >= 0 (environment steps; 0: only at the end)"),
-        (
-            args.encoder or args.fsq,
-            "--no-encoder with --no-fsq",
-            "both set",
-            "at most one of the two (--no-encoder has no FSQ)",
-        ),
-        (
-            args.total_timesteps > args.learning_starts,
-            "--total-timesteps",
-            args.total_timesteps,
-            f"more than --learning-starts {args.learning_starts}, or the run makes zero gradient steps",
-        ),
-    ]
-    for ok, flag, value, accepted in checks:
-        if not ok:
-            raise ValueError(f"bad {flag} {value}; accepted: {accepted}")
-    return args
-
-
 def make_env(env_id: str, seed: int) -> gym.Env:
     env = gym.make(env_id)
     if not isinstance(env.action_space, gym.spaces.Box) or len(env.observation_space.shape or ()) != 1:
@@ -474,66 +385,69 @@ def make_env(env_id: str, seed: int) -> gym.Env:
     return env
 
 
-@torch.no_grad()
-def evaluate(encoder: Encoder, actor: Actor, env_id: str, episodes: int, seed: int, device, bf16: bool) -> List[float]:
-    """Deterministic policy (no exploration noise) on a fresh env; returns the episodic returns."""
-    env, returns = make_env(env_id, seed), []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done, episode_return = False, 0.0
-        while not done:
-            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                action = actor(encoder(torch.as_tensor(obs, dtype=torch.float32, device=device)[None]))[0].cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            episode_return += float(reward)
-            done = terminated or truncated
-        returns.append(episode_return)
-    env.close()
-    return returns
-
-
 if __name__ == "__main__":
-    cli = tyro.cli(Args)
+    args = tyro.cli(Args)
+    eval_only, checkpoint = args.eval_checkpoint is not None, None
     try:
-        checkpoint = None
-        if cli.resume is not None or cli.eval_checkpoint is not None:
-            flag, path = ("--resume", cli.resume) if cli.resume is not None else ("--eval-checkpoint", cli.eval_checkpoint)
-            accepted = f"accepted: a {{runs_dir}}/{{run_name}}/{CHECKPOINT_FILE} written by iqrl_td3.py"
-            path = os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
+        if args.resume is not None or eval_only:  # nanoGPT-style: the checkpoint's flags, except the run flags given here
+            flag, path = ("--eval-checkpoint", args.eval_checkpoint) if eval_only else ("--resume", args.resume)
+            path = os.path.join(path, "agent.pt") if os.path.isdir(path) else path
+            accepted = "accepted: a {runs_dir}/{run_name}/agent.pt written by iqrl_td3.py"
             checkpoint = load_torch_file(path, f"{flag}: {accepted}")
-            if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"{flag} {path!r} is not an {CHECKPOINT_FORMAT!r} checkpoint; {accepted}")
-            saved, defaults = checkpoint["args"], asdict(Args())
-            for name, value in asdict(cli).items():  # a changed architecture flag cannot silently be ignored
-                changed = value != defaults[name] and value != saved.get(name)
-                if changed and name not in RESUMABLE and name != "eval_checkpoint":
-                    raise ValueError(
-                        f"--{name.replace('_', '-')} {value} differs from the checkpoint's {saved.get(name)}; "
-                        f"accepted on {flag}: only --{', --'.join(n.replace('_', '-') for n in RESUMABLE)}"
-                    )
-            given = {name: getattr(cli, name) for name in RESUMABLE if getattr(cli, name) != defaults[name]}
-            args = Args(**{**saved, **given, "resume": cli.resume, "eval_checkpoint": cli.eval_checkpoint})
-        else:
-            args = cli
-        args = resolve_args(args)
-        if checkpoint is not None and checkpoint["global_step"] >= args.total_timesteps and args.eval_checkpoint is None:
-            raise ValueError(
-                f"bad --total-timesteps {args.total_timesteps}; accepted: more than the checkpoint's "
-                f"global_step {checkpoint['global_step']}"
-            )
-        device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-        bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
-        torch.set_num_threads(args.torch_threads)
+            if not isinstance(checkpoint, dict) or checkpoint.get("format") != "iqrl-td3-v1":
+                raise ValueError(f"{flag} {path!r} is not an 'iqrl-td3-v1' checkpoint; {accepted}")
+            run_flags = ["total_timesteps", "torch_threads", "cuda", "save_every", "eval_episodes", "runs_dir", "precision"]
+            given = {k: v for k, v in asdict(args).items() if v != getattr(Args(), k) and k not in ("resume", "eval_checkpoint")}  # fmt: skip
+            for k, v in given.items():  # a changed architecture flag is refused, not silently ignored
+                if k not in run_flags and v != checkpoint["args"].get(k):
+                    raise ValueError(f"--{k.replace('_', '-')} {v} differs from the checkpoint's {checkpoint['args'].get(k)}; "
+                                     f"accepted on {flag}: only --{', --'.join(n.replace('_', '-') for n in run_flags)}")  # fmt: skip
+            args = Args(**{**checkpoint["args"], **given, "resume": args.resume, "eval_checkpoint": args.eval_checkpoint})
+        # algorithm-dependent defaults of the flags left at None
+        td3 = args.algo == "td3"
+        args.mlp_dims = args.mlp_dims or ([256, 256] if td3 else [512, 512])
+        args.noise_clip = args.noise_clip if args.noise_clip is not None else (0.5 if td3 else 0.3)
+        args.exploration_noise_start = args.exploration_noise_start if args.exploration_noise_start is not None else (0.1 if td3 else 1.0)  # fmt: skip
+        if args.env_id not in gym.registry:
+            raise ValueError(f"unknown --env-id {args.env_id!r}; accepted: a registered gymnasium id with continuous (Box) "
+                             "actions, e.g. HalfCheetah-v5, Hopper-v5, Walker2d-v5, Pendulum-v1")  # fmt: skip
+        positive = ["n_step", "horizon", "latent_dim", "batch_size", "total_timesteps", "learning_starts", "torch_threads",
+                    "policy_frequency", "log_every", "exploration_noise_decay_steps", "num_critics", "num_sampled_critics"]  # fmt: skip
+        noise = (args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end)
+        checks = [*((getattr(args, k) >= 1, f"--{k.replace('_', '-')} {getattr(args, k)}", "an integer >= 1") for k in positive),
+            (min(args.fsq_levels, default=0) >= 2, f"--fsq-levels {args.fsq_levels}", "one or more integers >= 2, e.g. 8 8 or 8 6 5"),
+            (0.0 < args.rho <= 1.0, f"--rho {args.rho}", "a float in (0, 1]"),
+            (0.0 <= args.gamma <= 1.0, f"--gamma {args.gamma}", "a float in [0, 1]"),
+            (0.0 < args.tau <= 1.0, f"--tau {args.tau}", "a float in (0, 1]"),
+            (0.0 < args.enc_tau <= 1.0, f"--enc-tau {args.enc_tau}", "a float in (0, 1]"),
+            (args.buffer_size > max(args.horizon, args.n_step), f"--buffer-size {args.buffer_size}", "an integer > max(--horizon, --n-step)"),
+            (min(noise) >= 0, f"--policy-noise/--noise-clip/--exploration-noise-* {noise}", "non-negative floats"),
+            (min(args.mlp_dims) >= 1, f"--mlp-dims {args.mlp_dims}", "one or more positive integers"),
+            (min(args.enc_mlp_dims, default=1) >= 1, f"--enc-mlp-dims {args.enc_mlp_dims}", "positive integers"),
+            (args.num_sampled_critics <= args.num_critics, f"--num-sampled-critics {args.num_sampled_critics}",
+             f"an integer in [1, --num-critics {args.num_critics}]"),
+            (args.eval_episodes >= 0, f"--eval-episodes {args.eval_episodes}", "an integer >= 0"),
+            (args.save_every >= 0, f"--save-every {args.save_every}", "an integer >= 0 (environment steps; 0: only at the end)"),
+            (args.encoder or args.fsq, "--no-encoder with --no-fsq both set", "at most one of the two (--no-encoder has no FSQ)"),
+            (args.total_timesteps > args.learning_starts, f"--total-timesteps {args.total_timesteps}",
+             f"more than --learning-starts {args.learning_starts}, or the run makes zero gradient steps"),
+            (eval_only or checkpoint is None or checkpoint["global_step"] < args.total_timesteps, f"--total-timesteps "
+             f"{args.total_timesteps}", f"more than the checkpoint's global_step {checkpoint and checkpoint['global_step']}")]  # fmt: skip
+        for ok, flag_value, accepted in checks:
+            if not ok:
+                raise ValueError(f"bad {flag_value}; accepted: {accepted}")
         env = make_env(args.env_id, args.seed)
-        if args.eval_checkpoint is None:
-            run_dir = (
-                os.path.dirname(path)
-                if checkpoint is not None
-                else os.path.join(args.runs_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
-            )
+        run_dir = os.path.dirname(path) if checkpoint is not None else os.path.join(args.runs_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")  # fmt: skip
+        if not eval_only:
             ensure_writable_dir(run_dir, "--resume" if checkpoint is not None else "--runs-dir")
     except ValueError as e:
         fail(str(e))
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda" else (
+        torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())  # fmt: skip
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16)
+    amp = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
+    torch.set_num_threads(args.torch_threads)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -557,22 +471,18 @@ if __name__ == "__main__":
     if has_encoder:
         dynamics = LatentDynamics(latent_dim, act_dim, args).to(device)
         representation_params = list(encoder.parameters()) + list(dynamics.parameters())
-        optimizers["representation"] = torch.optim.AdamW(
-            representation_params, lr=args.enc_lr, weight_decay=args.enc_weight_decay
-        )
+        optimizers["representation"] = torch.optim.AdamW(representation_params, lr=args.enc_lr, weight_decay=args.enc_weight_decay)  # fmt: skip
         target_encoder = Encoder(obs_dim, args).to(device).requires_grad_(False)  # momentum encoder e_bar (EMA of e_theta)
         modules.update(dynamics=dynamics, target_encoder=target_encoder)
     target_actor = Actor(latent_dim, act_dim, args, action_low, action_high).to(device).requires_grad_(False)
     target_critics = CriticEnsemble(latent_dim + act_dim, args.mlp_dims, num_critics, layer_norm=iqrl).to(device)
-    target_critics.requires_grad_(False)
-    modules.update(target_actor=target_actor, target_critics=target_critics)
+    modules.update(target_actor=target_actor, target_critics=target_critics.requires_grad_(False))
     for online, target in (("encoder", "target_encoder"), ("actor", "target_actor"), ("critics", "target_critics")):
         if target in modules:
             modules[target].load_state_dict(modules[online].state_dict())
 
-    # one sequence serves both losses: H steps for the self-predictive loss, n steps for the n-step return
-    seq_len = max(args.n_step, args.horizon if has_encoder else 1)
-    rb = SequenceReplayBuffer(args.buffer_size, obs_dim, act_dim, seq_len, args.seed)
+    # storage: one sequence serves both losses (H steps for the self-predictive loss, n steps for the n-step return)
+    rb = SequenceReplayBuffer(args.buffer_size, obs_dim, act_dim, max(args.n_step, args.horizon if has_encoder else 1), args.seed)  # fmt: skip
     noise_rng = np.random.default_rng(args.seed + 1)
     diag_rng = np.random.default_rng(args.seed + 2)  # diagnostics draw their own batches: logging never changes training
     recent_returns = deque(maxlen=10)
@@ -580,41 +490,20 @@ if __name__ == "__main__":
     if checkpoint is not None:
         for name, module in modules.items():
             module.load_state_dict(checkpoint["modules"][name])
-        if args.eval_checkpoint is not None:
-            returns = evaluate(encoder, actor, args.env_id, max(args.eval_episodes, 1), args.seed + 10_000, device, bf16)
-            print(
-                f"eval {args.env_id} ({mode}): eval_return_mean={np.mean(returns):.2f} eval_return_std={np.std(returns):.2f}"
-            )
-            raise SystemExit(0)
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(checkpoint["optimizers"][name])
-        rb.pos, rb.size = checkpoint["replay"]["pos"], checkpoint["replay"]["size"]
+        rb.pos, rb.size, rb.rng.bit_generator.state = (checkpoint["replay"][k] for k in ("pos", "size", "rng"))
         for name in rb.FIELDS:
             getattr(rb, name)[: rb.size] = checkpoint["replay"][name].numpy()
-        rb.rng.bit_generator.state = checkpoint["replay"]["rng"]
         rb.episode_end[(rb.pos - 1) % rb.capacity] = 1.0  # the interrupted episode is not continued: cut sequences there
         noise_rng.bit_generator.state, diag_rng.bit_generator.state = checkpoint["rng"]["noise"], checkpoint["rng"]["diag"]
         torch.set_rng_state(checkpoint["rng"]["torch"])
         global_step, num_updates = checkpoint["global_step"], checkpoint["num_updates"]
         recent_returns.extend(checkpoint["recent_returns"])
-    writer = SummaryWriter(run_dir, purge_step=global_step if checkpoint is not None else None)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
-    checkpoint_path = os.path.join(run_dir, CHECKPOINT_FILE)
-
-    def save_checkpoint():
-        fp32 = {name: {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in m.state_dict().items()}
-                for name, m in modules.items()}  # fmt: skip
-        replay = {name: torch.from_numpy(getattr(rb, name)[: rb.size].copy()) for name in rb.FIELDS}
-        replay.update(pos=rb.pos, size=rb.size, rng=rb.rng.bit_generator.state)
-        save_atomic({"format": CHECKPOINT_FORMAT, "args": asdict(args), "mode": mode, "global_step": global_step,
-                     "num_updates": num_updates, "modules": fp32, "replay": replay,
-                     "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-                     "rng": {"torch": torch.get_rng_state(), "noise": noise_rng.bit_generator.state,
-                             "diag": diag_rng.bit_generator.state},
-                     "recent_returns": list(recent_returns)}, checkpoint_path)  # fmt: skip
-
-    action_low_t = torch.as_tensor(action_low, device=device)
-    action_high_t = torch.as_tensor(action_high, device=device)
+    if not eval_only:
+        writer = SummaryWriter(run_dir, purge_step=global_step if checkpoint is not None else None)
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))  # fmt: skip
+    action_low_t, action_high_t = torch.as_tensor(action_low, device=device), torch.as_tensor(action_high, device=device)
     action_scale = actor.action_scale
     q1_only = torch.zeros(1, dtype=torch.long, device=device)
     rho_powers = args.rho ** torch.arange(args.horizon, dtype=torch.float32, device=device)
@@ -622,15 +511,15 @@ if __name__ == "__main__":
     target_actor_params, target_critic_params = list(target_actor.parameters()), list(target_critics.parameters())
     if has_encoder:
         encoder_params, target_encoder_params = list(encoder.parameters()), list(target_encoder.parameters())
-    amp = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
     start_step, start_updates, start_time, update_time = global_step, num_updates, time.time(), 0.0
     actor_loss = torch.tensor(float("nan"))  # logged before the first delayed actor step of a resumed run
 
     obs, _ = env.reset(seed=args.seed + global_step)
-    progress = tqdm(total=args.total_timesteps, initial=global_step, unit="step", mininterval=2.0, dynamic_ncols=True)
+    progress = tqdm(total=args.total_timesteps, initial=global_step, unit="step", mininterval=2.0, dynamic_ncols=True, disable=eval_only)  # fmt: skip
     with GracefulStop() as stop:
-        print(f"{mode} on {args.env_id}, precision {'bf16' if bf16 else 'fp32'}, run folder {run_dir}")
-        while global_step < args.total_timesteps:
+        if not eval_only:
+            print(f"{mode} on {args.env_id}, precision {'bf16' if bf16 else 'fp32'}, run folder {run_dir}")
+        while global_step < args.total_timesteps and not eval_only:
             # ALGO LOGIC: put action logic here
             if global_step < args.learning_starts:
                 action = env.action_space.sample()
@@ -737,37 +626,65 @@ if __name__ == "__main__":
                         for key, value in diagnostics.items():
                             writer.add_scalar(f"representation/{key}", value, global_step)
 
+            # TRY NOT TO MODIFY: progress, checkpoint (periodic, at the end, on SIGINT/SIGTERM)
             global_step += 1
             progress.update(1)
             if global_step % 1000 == 0:
                 sps = int((global_step - start_step) / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
                 progress.set_postfix(SPS=sps, ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-", refresh=False)
-            if stop.requested or (args.save_every and global_step % args.save_every == 0):
-                save_checkpoint()
+            if (
+                stop.requested
+                or global_step == args.total_timesteps
+                or (args.save_every and global_step % args.save_every == 0)
+            ):
+                save_atomic({"format": "iqrl-td3-v1", "args": asdict(args), "mode": mode, "global_step": global_step,
+                             "num_updates": num_updates, "recent_returns": list(recent_returns),
+                             "modules": {name: {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in m.state_dict().items()}
+                                         for name, m in modules.items()},  # fp32 on disk, whatever the precision
+                             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                             "replay": {**{name: torch.from_numpy(getattr(rb, name)[: rb.size].copy()) for name in rb.FIELDS},
+                                        "pos": rb.pos, "size": rb.size, "rng": rb.rng.bit_generator.state},
+                             "rng": {"torch": torch.get_rng_state(), "noise": noise_rng.bit_generator.state,
+                                     "diag": diag_rng.bit_generator.state}}, os.path.join(run_dir, "agent.pt"))  # fmt: skip
             if stop.requested:
                 progress.close()
                 writer.close()
-                stop.exit(
-                    f"checkpoint at {checkpoint_path} (global_step={global_step}); "
-                    f"resume with: python iqrl_td3.py --resume {checkpoint_path}"
-                )
+                stop.exit(f"checkpoint at {os.path.join(run_dir, 'agent.pt')} (global_step={global_step}); "
+                          f"resume with: python iqrl_td3.py --resume {os.path.join(run_dir, 'agent.pt')}")  # fmt: skip
     progress.close()
     env.close()
-    save_checkpoint()
-    print(
-        f"trained to global_step={global_step} ({num_updates} updates) in {time.time() - start_time:.1f}s; "
-        f"s_per_1k_updates={1000 * update_time / max(num_updates - start_updates, 1):.4f}"
-    )
-    print(f"checkpoint saved to {checkpoint_path}")
+    if not eval_only:
+        print(f"trained to global_step={global_step} ({num_updates} updates) in {time.time() - start_time:.1f}s; "
+              f"s_per_1k_updates={1000 * update_time / max(num_updates - start_updates, 1):.4f}")  # fmt: skip
+        print(f"checkpoint saved to {os.path.join(run_dir, 'agent.pt')}")
+        if has_encoder:  # final diagnostics on D fresh replay observations (printed so benchmarks can parse them)
+            diag_obs = rb.obs[diag_rng.choice(rb.size, min(rb.size, latent_dim), replace=False)]
+            diagnostics = representation_diagnostics(encoder, torch.as_tensor(diag_obs, device=device))
+            print(" ".join(f"final_{key.replace('/', '_')}={value:.4g}" for key, value in diagnostics.items()))
 
-    if has_encoder:  # final diagnostics on D fresh replay observations (printed so benchmarks can parse them)
-        diag_obs = rb.obs[diag_rng.choice(rb.size, min(rb.size, latent_dim), replace=False)]
-        diagnostics = representation_diagnostics(encoder, torch.as_tensor(diag_obs, device=device))
-        print(" ".join(f"final_{key.replace('/', '_')}={value:.4g}" for key, value in diagnostics.items()))
-    if args.eval_episodes > 0:
-        returns = evaluate(encoder, actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, bf16)
-        for episode, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, episode)
-        print(f"eval_return_mean={np.mean(returns):.2f} eval_return_std={np.std(returns):.2f}")
-    writer.close()
+    # final deterministic evaluation (no exploration noise) on a fresh env
+    eval_episodes, eval_env, returns = (
+        max(args.eval_episodes, 1) if eval_only else args.eval_episodes,
+        make_env(args.env_id, args.seed + 10_000),
+        [],
+    )
+    for episode in range(eval_episodes):
+        eval_obs, _ = eval_env.reset(seed=args.seed + 10_000 + episode)
+        done, episode_return = False, 0.0
+        while not done:
+            with torch.no_grad(), amp:
+                action = actor(encoder(torch.as_tensor(eval_obs, dtype=torch.float32, device=device)[None]))[0].cpu().numpy()
+            eval_obs, reward, terminated, truncated, _ = eval_env.step(action)
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+        if not eval_only:
+            writer.add_scalar("eval/episodic_return", episode_return, episode)
+    eval_env.close()
+    if returns:
+        print(
+            f"{f'eval {args.env_id} ({mode}): ' if eval_only else ''}eval_return_mean={np.mean(returns):.2f} eval_return_std={np.std(returns):.2f}"
+        )
+    if not eval_only:
+        writer.close()

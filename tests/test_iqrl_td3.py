@@ -311,7 +311,8 @@ def test_smoke_every_mode_writes_a_loadable_fp32_checkpoint(tmp_path, capsys, mo
     precision = "auto" if "--algo" in mode_flags else "bf16"  # auto: bf16 where the CPU multiplies bf16 natively
     code, out, err = run_in_process(["--env-id", env_id, *TINY, "--precision", precision, *mode_flags], tmp_path, capsys)
     assert code == 0, err[-2000:]
-    expected = "bf16" if precision == "bf16" or iqrl_td3.native_bf16(torch.device("cpu")) else "fp32"
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    expected = "bf16" if precision == "bf16" or native else "fp32"
     assert "eval_return_mean=" in out and f"precision {expected}" in out
     assert "step/s" in err  # the tqdm progress bar
     path = checkpoint_path(tmp_path)
@@ -336,16 +337,24 @@ def test_smoke_every_mode_writes_a_loadable_fp32_checkpoint(tmp_path, capsys, mo
     assert out.startswith(f"eval {env_id}") and "eval_return_mean=" in out
 
 
-def test_td3_is_the_standard_recipe():
-    args = iqrl_td3.resolve_args(Args(algo="td3", env_id="Hopper-v5"))
-    assert args.mlp_dims == [256, 256] and args.noise_clip == 0.5 and args.exploration_noise_start == 0.1
-    actor = iqrl_td3.Actor(11, 3, args, -np.ones(3), np.ones(3))
+def test_td3_is_the_standard_recipe(tmp_path, capsys):
+    """The algorithm-dependent defaults (left at None on the command line) as saved in the checkpoint."""
+    saved, cut = {}, TINY.index("--mlp-dims")
+    for algo in ("td3", "iqrl"):
+        (tmp_path / algo).mkdir()
+        flags = ["--env-id", "Pendulum-v1", *TINY[:cut], *TINY[cut + 3 :], "--algo", algo]  # --mlp-dims left at None
+        code, out, err = run_in_process(flags, tmp_path / algo, capsys)
+        assert code == 0, err[-2000:]
+        saved[algo] = load(checkpoint_path(tmp_path / algo))["args"]
+    td3, iqrl = Args(**saved["td3"]), Args(**saved["iqrl"])
+    assert td3.mlp_dims == [256, 256] and td3.noise_clip == 0.5 and td3.exploration_noise_start == 0.1
+    actor = iqrl_td3.Actor(11, 3, td3, -np.ones(3), np.ones(3))
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in actor.modules())
     assert any(isinstance(m, torch.nn.ReLU) for m in actor.modules())
-    assert isinstance(Encoder(11, args).net, torch.nn.Identity)
-    iqrl = iqrl_td3.resolve_args(Args(env_id="Hopper-v5"))
-    assert iqrl.mlp_dims == [512, 512] and iqrl.noise_clip == 0.3 and iqrl.enc_weight_decay == 0.01
-    assert iqrl.num_critics == 5 and iqrl.num_sampled_critics == 2 and iqrl.critic_target_every_step
+    assert isinstance(Encoder(11, td3).net, torch.nn.Identity)
+    assert iqrl.mlp_dims == [512, 512] and iqrl.noise_clip == 0.3 and iqrl.exploration_noise_start == 1.0
+    assert iqrl.enc_weight_decay == 0.01 and iqrl.num_critics == 5 and iqrl.num_sampled_critics == 2
+    assert iqrl.critic_target_every_step
 
 
 def test_fp32_same_seed_same_numbers(tmp_path, capsys):
