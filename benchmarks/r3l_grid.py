@@ -401,8 +401,8 @@ def summarise(args: Args, cells: list[Cell], records: dict, runs_dir: Path, out_
         results = json.loads(results_path.read_text())
         for pair in results["pairs"]:  # the original agents: encoder and policy of the same run
             if pair["encoder_index"] == pair["policy_index"] and pair["episodes"]:
-                run = Path(pair["encoder_path"]).parent.parent.name
-                summary["own_returns"][run] = float(np.mean([e["max_return"] for e in pair["episodes"]]))
+                cell_name = Path(pair["encoder_path"]).parent.parent.name  # {runs_dir}/{cell}/{run}/agent.pt
+                summary["own_returns"][cell_name] = float(np.mean([e["max_return"] for e in pair["episodes"]]))
         for block, merit in results["figures_of_merit"].items():
             summary["figures_of_merit"][block] = merit
             diagonal = merit["diagonal_max_return"]
@@ -445,8 +445,7 @@ def summarise(args: Args, cells: list[Cell], records: dict, runs_dir: Path, out_
     table = ["| cell | seed | steps | state | own max return |", "|---|---|---|---|---|"]
     for cell in cells:
         r = records[cell.name]
-        run = next((p.parent.name for p in (runs_dir / cell.name).glob("*/agent.pt")), None)
-        own_return = f"{own[run]:.1f}" if run in own else "n/a"
+        own_return = f"{own[cell.name]:.1f}" if cell.name in own else "n/a"
         table.append(f"| {cell.name} | {cell.seed} | {r['step']} | {r['state']} | {own_return} |")
     (out_dir / "grid_summary.md").write_text(
         "# R3L grid\n\n" + "\n".join(f"- {line}" for line in lines) + "\n\n" + "\n".join(table) + "\n"
