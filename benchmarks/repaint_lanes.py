@@ -2,10 +2,11 @@
 
 The analogue of the REPAINT paper's DeepRacer single-car experiment (Tao et al., ICML 2021, arXiv 2011.11827): a
 teacher rewarded for the inner lane teaches a student rewarded for the outer lane (`envs/car_racing.py`, `reward=`).
-Not a test: run it by hand once the teacher exists (resumable: finished runs are cached in the `.json` beside the
-table and skipped when the same command runs again),
+Not a test: run it by hand once the teacher exists, one run at a time (resumable: finished runs are cached in the
+`.json` beside the table and skipped when the same command runs again),
 
-    nice -n 10 python benchmarks/repaint_lanes.py --teacher runs/<inner_lane run>/agent.pt
+    python repaint_ppo.py --env carracing --reward inner_lane --num-envs 8 --num-steps 128 --total-timesteps 100000
+    nice -n 10 python benchmarks/repaint_lanes.py --teacher runs/<that inner_lane run>/agent.pt
 
 1. The teacher is evaluated deterministically on its own task (inner_lane) and on the target (outer_lane):
    `repaint_ppo.py --transfer warm_start --learning-rate 0` for one iteration leaves the teacher's weights as they
@@ -13,9 +14,10 @@ table and skipped when the same command runs again),
 2. Students on outer_lane, seeds 1..`--seeds` paired across modes: none, ks, it, repaint, warm_start, same flags.
 3. Score of an iteration: mean return of the student's episodes that ended in it, carried forward over iterations
    where none ended, smoothed over `--smooth` iterations, per seed; K = first iteration at which it reaches
-   `--threshold`. CarRacing episodes last 1000 steps (unless the car leaves the playfield), so K needs a budget of
-   several 1000 steps per environment; the table counts the iterations in which an episode finished. Each run
-   ends with `--eval-episodes` deterministic episodes on the same tracks for every run.
+   `--threshold` (also given in student steps). CarRacing episodes last 1000 steps (unless the car leaves the
+   playfield), so the score changes about every 1000 / `--num-steps` iterations; the table counts the iterations in
+   which an episode finished. Each run ends with `--eval-episodes` deterministic episodes on the same tracks
+   (resets 10000, 10001, ...) for every run.
 
 Writes benchmarks/results/repaint_lanes.txt (and the runs to repaint_lanes.json).
 """
@@ -45,7 +47,7 @@ class Args:
     """the inner_lane teacher's agent.pt"""
     seeds: int = 3
     """student seeds per mode (1..seeds)"""
-    jobs: int = 2
+    jobs: int = 1
     """runs at a time"""
     total_timesteps: int = 16_384
     """student steps per run"""
@@ -97,7 +99,11 @@ def run_all(todo: dict[str, list[str]], done: dict, cache: dict, cache_path: str
             done[key] = future.result()
             with open(cache_path, "w") as f:
                 json.dump(cache, f)
-            print(f"{key}: eval {done[key]['eval']:.1f} +- {done[key]['eval_std']:.1f}, SPS {done[key]['sps']}", flush=True)
+            print(
+                f"{time.strftime('%H:%M:%S')} {key}: eval {done[key]['eval']:.1f} +- {done[key]['eval_std']:.1f}, "
+                f"SPS {done[key]['sps']}, {done[key]['minutes']:.1f} min",
+                flush=True,
+            )
 
 
 def score_curve(returns: list[float], window: int) -> np.ndarray:
@@ -192,7 +198,8 @@ def main(args: Args):
         "REPAINT on the CarRacing lanes: inner_lane teacher -> outer_lane student (envs/car_racing.py, reward=)",
         f"command: nice -n 10 python benchmarks/repaint_lanes.py --teacher {args.teacher} --seeds {args.seeds} "
         f"--total-timesteps {args.total_timesteps} --num-envs {args.num_envs} --num-steps {args.num_steps} "
-        f"--teacher-num-steps {args.teacher_num_steps} --threshold {args.threshold} --eval-episodes {args.eval_episodes}"
+        f"--teacher-num-steps {args.teacher_num_steps} --threshold {args.threshold} --smooth {args.smooth} "
+        f"--eval-episodes {args.eval_episodes} --runs-dir {args.runs_dir} --out {args.out}"
         + (f" --eval-checkpoints {args.eval_checkpoints}" if args.eval_checkpoints else ""),
         f"budget: {args.total_timesteps} student steps = {args.total_timesteps // (args.num_envs * args.num_steps)} iter. "
         f"of {args.num_envs} envs x {args.num_steps} steps per run (it, repaint: + {args.num_envs} x {args.teacher_num_steps} "
@@ -205,9 +212,9 @@ def main(args: Args):
             for reward in ("inner_lane", "outer_lane")
         ),
         "",
-        "| mode | K mean +- std (reached) | K per seed | iterations with a finished episode, per seed | "
-        "best smoothed return per seed | final eval per seed | final eval mean +- std | SPS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | K mean +- std (reached) | K per seed | K in student steps per seed | iterations with a finished "
+        "episode, per seed | best smoothed return per seed | final eval per seed | final eval mean +- std | SPS |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     n = args.eval_checkpoints
     for mode in MODES:
@@ -220,7 +227,8 @@ def main(args: Args):
         ended = " ".join(str(sum(not math.isnan(x) for x in r["returns"])) for r in runs)
         best = " ".join("-" if not np.isfinite(c.max()) else f"{c.max():.0f}" for c in curves)
         lines.append(
-            f"| {mode} | {k_text} | {' '.join('-' if k is None else str(k) for k in ks)} | {ended} | "
+            f"| {mode} | {k_text} | {' '.join('-' if k is None else str(k) for k in ks)} | "
+            f"{' '.join('-' if k is None else str(k * args.num_envs * args.num_steps) for k in ks)} | {ended} | "
             f"{best} | {' '.join(f'{e:.0f}' for e in evals)} | "
             f"{np.mean(evals):.1f} +- {np.std(evals):.1f} | {np.mean([r['sps'] for r in runs]):.0f} |"
         )
