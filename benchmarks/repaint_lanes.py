@@ -6,7 +6,7 @@ Not a test: run it by hand once the teacher exists, one run at a time (resumable
 `.json` beside the table and skipped when the same command runs again),
 
     python repaint_ppo.py --env carracing --reward inner_lane --num-envs 8 --num-steps 128 --total-timesteps 100000
-    nice -n 10 python benchmarks/repaint_lanes.py --teacher runs/<that inner_lane run>/agent.pt
+    python benchmarks/repaint_lanes.py --teacher runs/<that inner_lane run>/agent.pt
 
 1. The teacher is evaluated deterministically on its own task (inner_lane) and on the target (outer_lane):
    `repaint_ppo.py --transfer warm_start --learning-rate 0` for one iteration leaves the teacher's weights as they
@@ -14,11 +14,10 @@ Not a test: run it by hand once the teacher exists, one run at a time (resumable
 2. Students on outer_lane, seeds 1..`--seeds` paired across modes: none, ks, it, repaint, warm_start, same flags.
 3. Score of an iteration: mean return of the student's episodes that ended in it, carried forward over iterations
    where none ended (none before the first episode ends), smoothed over `--smooth` iterations, per seed; K = first
-   iteration at which it reaches
-   `--threshold` (also given in student steps). CarRacing episodes last 1000 steps (unless the car leaves the
-   playfield), so the score changes about every 1000 / `--num-steps` iterations; the table counts the iterations in
-   which an episode finished. Each run ends with `--eval-episodes` deterministic episodes on the same tracks
-   (resets 10000, 10001, ...) for every run.
+   iteration at which it reaches `--threshold` (also given in student steps). CarRacing episodes last 1000 steps
+   (unless the car leaves the playfield), so the score changes about every 1000 / `--num-steps` iterations; the
+   table counts the iterations in which an episode finished. Each run ends with `--eval-episodes` deterministic
+   episodes on the same tracks (resets 10000, 10001, ...) for every run.
 
 Writes benchmarks/results/repaint_lanes.txt (and the runs to repaint_lanes.json).
 """
@@ -210,7 +209,7 @@ def main(args: Args):
         run_all(todo, done, cache, cache_path, args.jobs)
     lines = [
         "REPAINT on the CarRacing lanes: inner_lane teacher -> outer_lane student (envs/car_racing.py, reward=)",
-        f"command: nice -n 10 python benchmarks/repaint_lanes.py --teacher {args.teacher} --seeds {args.seeds} "
+        f"command: python benchmarks/repaint_lanes.py --teacher {args.teacher} --seeds {args.seeds} "
         f"--total-timesteps {args.total_timesteps} --num-envs {args.num_envs} --num-steps {args.num_steps} "
         f"--teacher-num-steps {args.teacher_num_steps} --threshold {args.threshold} --smooth {args.smooth} "
         f"--eval-episodes {args.eval_episodes} --teacher-eval-episodes {args.teacher_eval_episodes} "
