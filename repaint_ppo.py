@@ -458,12 +458,13 @@ if __name__ == "__main__":
             if teacher_env == "carracing" and teacher_metadata["task"] not in car_racing.TASKS:
                 raise ValueError(f"--teacher {args.teacher!r} was trained on CarRacing task {teacher_metadata['task']!r}; "
                                  f"accepted: one of {', '.join(car_racing.TASKS)}")  # fmt: skip
-            actions = [("gridworld moves", tuple(range(n))) if env == "gridworld" else
-                       (f"CarRacing task {task!r}", tuple(car_racing.TASKS[task]["actions"])) for env, task, n in
-                       ((teacher_env, teacher_metadata["task"], teacher_metadata["num_actions"]), (args.env, args.task, num_actions))]  # fmt: skip
-            if actions[0] != actions[1]:
-                raise ValueError(f"--teacher {args.teacher!r} acts with {' '.join(map(str, actions[0]))} but the target task acts "
-                                 f"with {' '.join(map(str, actions[1]))}; accepted: a teacher with its action space")  # fmt: skip
+            meaning = {"gridworld": lambda task, n: ("gridworld moves", tuple(range(n))),
+                       "carracing": lambda task, n: (f"CarRacing task {task!r}", tuple(car_racing.TASKS[task]["actions"]))}  # fmt: skip
+            teacher_actions = meaning[teacher_env](teacher_metadata["task"], teacher_metadata["num_actions"])
+            target_actions = meaning[args.env](args.task, num_actions)
+            if teacher_actions != target_actions:
+                raise ValueError(f"--teacher {args.teacher!r} acts with {teacher_actions[0]} {teacher_actions[1]} but the target "
+                                 f"task acts with {target_actions[0]} {target_actions[1]}; accepted: a teacher with its action space")  # fmt: skip
             teacher = build_agent(teacher_metadata)
             try:
                 teacher.encoder.load_state_dict(teacher_checkpoint["encoder"])
