@@ -585,6 +585,7 @@ if __name__ == "__main__":
             valid = batch["valid"].reshape(-1).bool()
             b_obs = batch["obs"].flatten(0, 1)[valid]
             b_actions, b_logprobs = batch["actions"].reshape(-1)[valid], batch["logprobs"].reshape(-1)[valid]
+
             # 2. fit the critic V on S only: regression on the lambda-returns under the critic that collected S
             _, returns, values_before = advantages_of(agent, batch, args)
             b_returns = returns.reshape(-1)[valid]
