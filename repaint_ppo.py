@@ -28,7 +28,7 @@ import os
 import random
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import gymnasium as gym
@@ -60,8 +60,7 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     seed: int = 1
-    """seed of the experiment (network init, action sampling, environment resets); the teacher's sampling uses its
-    own generator, so one seed gives the same student initial weights and draws in every --transfer mode"""
+    """seed of the student (initial weights, action sampling, resets); the teacher samples with its own generator"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
@@ -69,8 +68,7 @@ class Args:
     torch_threads: int = 1
     """number of CPU threads torch may use"""
     precision: str = "fp32"
-    """fp32, or bf16: torch.autocast around the forward passes (weights, optimiser, losses, advantages and
-    checkpoints stay fp32). fp32 by default: bf16 measured no faster here (docs/repaint_ppo.md, Precision)"""
+    """fp32, or bf16 (autocast around the forward passes; measured no faster here: docs/repaint_ppo.md, Precision)"""
     runs_dir: str = "runs"
     """folder under which `{run_name}/` (TensorBoard events and the checkpoint agent.pt) is written"""
     save_every: int = 0
@@ -86,8 +84,7 @@ class Args:
     env: str = "gridworld"
     """task family: gridworld (envs/transfer_gridworld.py) or carracing (ColorCarRacing-v0)"""
     task: Optional[str] = None
-    """the task trained on. gridworld: target, similar or different (default target); carracing: standard, slow,
-    scrambled or no_idle (default standard; 'far' is an alias of --view far with standard)"""
+    """gridworld: target (default), similar, different; carracing: standard (default), slow, scrambled, no_idle, far"""
     view: str = "near"
     """carracing camera: near (gymnasium's zoom) or far"""
     reward: str = "standard"
@@ -113,8 +110,7 @@ class Args:
     alpha_ins: float = 1.0
     """weight alpha_2 / alpha_1 of the instance-transfer loss relative to the PPO loss"""
     teacher_adv_norm: str = "teacher"
-    """scale of the kept teacher advantages: teacher (divided by the std of the teacher batch's advantages) or
-    student (by the std of the student batch's advantages); never centred"""
+    """divisor of the kept teacher advantages: the std of the teacher's (teacher) or the student's (student) batch"""
     teacher_num_steps: Optional[int] = None
     """steps per teacher environment per iteration (default: num_steps)"""
     total_timesteps: int = 20_480
@@ -147,24 +143,19 @@ class Args:
     """gridworld: width of the two hidden layers of the actor and of the critic"""
 
 
-ENVS = ("gridworld", "carracing")
-TRANSFERS = ("none", "ks", "it", "repaint", "warm_start")
-BETA_SCHEDULES = ("exponential", "linear", "constant")
-PRECISIONS = ("fp32", "bf16")
-TEACHER_ADV_NORMS = ("teacher", "student")
+CHOICES = {"env": ("gridworld", "carracing"), "transfer": ("none", "ks", "it", "repaint", "warm_start"),
+           "beta_schedule": ("exponential", "linear", "constant"), "precision": ("fp32", "bf16"),
+           "teacher_adv_norm": ("teacher", "student"), "view": tuple(car_racing.VIEWS), "reward": car_racing.REWARDS}  # fmt: skip
 GRIDWORLD_FORMAT = "repaint-gridworld-v1"
 EVAL_SEED = 10_000  # evaluation episodes reset with EVAL_SEED, EVAL_SEED + 1, ...: the same tracks for every run
-# flags that may differ from the checkpoint's when resuming; every other flag comes from the checkpoint
+# the flags that may differ from the checkpoint's when resuming; every other flag comes from the checkpoint
 RESUME_FREE_FLAGS = ("resume", "total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
                      "capture_video", "runs_dir")  # fmt: skip
-
-
-# ---- networks. layer_init, RelativeProjection, Encoder and Policy are ppo_relative.py's, with the same module and
-# ---- buffer names so that its checkpoints load as teachers (docs/checkpoints.md). Anchors here come from a
-# ---- checkpoint and stay fixed.
 NATURE_CNN_LATENT = 64 * 7 * 7  # flattened Nature-CNN output at 84x84
 
 
+# ---- networks. layer_init, RelativeProjection, Encoder and Policy are ppo_relative.py's, with the same module and
+# ---- buffer names so that its checkpoints load as teachers (docs/checkpoints.md); anchors come from a checkpoint.
 def layer_init(layer, std=2**0.5, bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -275,9 +266,17 @@ class Agent(nn.Module):
         return logits.float(), value.float()
 
 
+def build_agent(metadata: dict) -> Agent:
+    """Networks from a checkpoint's metadata (docs/checkpoints.md for carracing)."""
+    if "observation_shape" in metadata:  # gridworld
+        obs_dim = metadata["observation_shape"][0]
+        return Agent(nn.Identity(), MLPPolicy(obs_dim, metadata["num_actions"], metadata["hidden_size"]))
+    encoder = Encoder(metadata["frame_stack"], metadata["relative"], metadata["num_anchors"] or NATURE_CNN_LATENT,
+                      metadata["anchor_standardize"])  # fmt: skip
+    return Agent(encoder, Policy(encoder.latent_dim, metadata["num_actions"]))
+
+
 # ---- the pieces of REPAINT (pure functions, tested on hand-computed batches)
-
-
 def beta_at(iteration: int, beta: float, schedule: str, decay: float, decay_iterations: int) -> float:
     """Kickstarting weight beta_k of iteration k = 1, 2, ... (eq. 1); it decays so that the student stops imitating
     the teacher and follows its own reward."""
@@ -331,9 +330,7 @@ def kickstarting_cross_entropy(teacher_logits, student_logits):
     return -(F.softmax(teacher_logits, dim=-1) * F.log_softmax(student_logits, dim=-1)).sum(dim=-1).mean()
 
 
-# ---- environments, rollouts, checkpoints
-
-
+# ---- environments, checkpoints, batched forward passes
 def make_envs(args: Args, num_envs: int) -> gym.vector.VectorEnv:
     """`num_envs` copies of the target task; episode statistics from RecordEpisodeStatistics infos."""
 
@@ -343,73 +340,6 @@ def make_envs(args: Args, num_envs: int) -> gym.vector.VectorEnv:
         return car_racing.make_color_car_racing(args.bg_color, args.task, args.frame_stack, reward=args.reward, view=args.view)
 
     return gym.wrappers.vector.RecordEpisodeStatistics(gym.vector.SyncVectorEnv([thunk] * num_envs))
-
-
-@torch.no_grad()
-def rollout(agent, envs, state: dict, num_steps: int, episode_stats: list, stop, generator=None) -> Optional[dict]:
-    """`num_steps` steps of every environment, actions sampled from `agent` (with `generator`, or the global RNG).
-    `state` carries the observation and done flags across iterations. Returns the batch as (T, N, ...) tensors:
-    obs, actions, logprobs (of the acting policy), rewards, terminations, dones, valid, and next_obs (N, ...);
-    None if a stop was requested meanwhile. Finished episodes' (return, length) go to `episode_stats`."""
-    device, n = state["obs"].device, envs.num_envs
-    batch = {
-        "obs": torch.zeros((num_steps, n) + state["obs"].shape[1:], dtype=state["obs"].dtype, device=device),
-        "actions": torch.zeros((num_steps, n), dtype=torch.long, device=device),
-    }
-    for key in ("logprobs", "rewards", "terminations", "dones", "valid"):
-        batch[key] = torch.zeros((num_steps, n), device=device)
-    for t in range(num_steps):
-        if stop.requested:
-            return None
-        batch["obs"][t] = state["obs"]
-        batch["valid"][t] = 1.0 - state["done"]  # the step after an episode end only resets (next-step autoreset)
-        probs = F.softmax(agent(state["obs"])[0], dim=-1)
-        action = torch.multinomial(probs, 1, True, generator=generator).squeeze(1)  # = Categorical(probs).sample()
-        batch["actions"][t], batch["logprobs"][t] = action, probs.gather(1, action[:, None]).squeeze(1).log()
-        next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
-        batch["rewards"][t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-        batch["terminations"][t] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
-        batch["dones"][t] = torch.as_tensor(np.logical_or(terminated, truncated), dtype=torch.float32, device=device)
-        state["obs"], state["done"] = torch.as_tensor(next_obs, device=device), batch["dones"][t]
-        for i in np.flatnonzero(infos.get("_episode", [])):
-            episode_stats.append((float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])))
-    return dict(batch, next_obs=state["obs"])
-
-
-@torch.no_grad()
-def batched(fn, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    return torch.cat([fn(part) for part in x.split(chunk)])
-
-
-def advantages_of(agent: Agent, batch: dict, args: Args):
-    """GAE advantages, returns and values of a rollout under the student's current critic."""
-    values = batched(lambda o: agent(o)[1], batch["obs"].flatten(0, 1)).reshape(batch["rewards"].shape)
-    next_value = batched(lambda o: agent(o)[1], batch["next_obs"])
-    advantages, returns = compute_gae(
-        batch["rewards"],
-        values,
-        next_value,
-        batch["terminations"],
-        batch["dones"],
-        batch["valid"],
-        args.gamma,
-        args.gae_lambda,
-    )
-    return advantages, returns, values
-
-
-def build_agent(metadata: dict) -> Agent:
-    """Networks from a checkpoint's metadata (docs/checkpoints.md for carracing)."""
-    if "observation_shape" in metadata:  # gridworld
-        policy = MLPPolicy(metadata["observation_shape"][0], metadata["num_actions"], metadata["hidden_size"])
-        return Agent(nn.Identity(), policy)
-    encoder = Encoder(
-        metadata["frame_stack"],
-        metadata["relative"],
-        metadata["num_anchors"] or NATURE_CNN_LATENT,
-        metadata["anchor_standardize"],
-    )
-    return Agent(encoder, Policy(encoder.latent_dim, metadata["num_actions"]))
 
 
 def read_checkpoint(path: str, flag: str) -> dict:
@@ -427,48 +357,18 @@ def read_checkpoint(path: str, flag: str) -> dict:
     return checkpoint
 
 
-def load_teacher(args: Args, envs, device) -> tuple[Agent, dict]:
-    """The frozen teacher and its metadata; a checkpoint that cannot serve this target task raises a one-line reason.
-    Built inside torch.random.fork_rng (every layer's default init draws from the global RNG before the checkpoint
-    overwrites it): loading a teacher leaves the global RNG, and so the student's initial weights, untouched."""
-    path = args.teacher
-    checkpoint = read_checkpoint(path, "--teacher")
-    metadata = checkpoint["metadata"]
-    teacher_env = "gridworld" if "observation_shape" in metadata else "carracing"
-    frames = (3 * metadata.get("frame_stack", 0), car_racing.OBS_SIZE, car_racing.OBS_SIZE)
-    teacher_obs = tuple(metadata["observation_shape"]) if teacher_env == "gridworld" else frames
-    target_obs = tuple(envs.single_observation_space.shape)
-    if teacher_obs != target_obs:
-        raise ValueError(
-            f"--teacher {path!r} observes shape {teacher_obs} ({teacher_env}) but the target task observes "
-            f"{target_obs} ({args.env}); accepted: a teacher with the target's observation space"
-        )
-    if teacher_env == "carracing" and metadata["task"] not in car_racing.TASKS:
-        raise ValueError(f"--teacher {path!r} was trained on unknown CarRacing task {metadata['task']!r}")
+@torch.no_grad()
+def batched(fn, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    return torch.cat([fn(part) for part in x.split(chunk)])
 
-    def spec(env: str, task: str, n: int) -> tuple[str, tuple]:
-        if env == "gridworld":
-            return "gridworld moves", tuple(range(n))
-        return f"CarRacing task {task!r}", tuple(car_racing.TASKS[task]["actions"])
 
-    teacher_actions = spec(teacher_env, metadata["task"], metadata["num_actions"])
-    target_actions = spec(args.env, args.task, int(envs.single_action_space.n))
-    if teacher_actions != target_actions:
-        raise ValueError(
-            f"--teacher {path!r} acts with {teacher_actions[0]} {teacher_actions[1]} but the target task "
-            f"acts with {target_actions[0]} {target_actions[1]}; accepted: a teacher with its action space"
-        )
-    with torch.random.fork_rng(devices=[]):
-        teacher = build_agent(metadata)
-    try:
-        teacher.encoder.load_state_dict(checkpoint["encoder"])
-        teacher.policy.load_state_dict(checkpoint["policy"])
-    except (RuntimeError, KeyError) as e:
-        raise ValueError(
-            f"--teacher {path!r} does not match the networks its metadata describes "
-            f"({str(e).strip().splitlines()[0]}); accepted: an unmodified checkpoint"
-        ) from None
-    return teacher.to(device).eval().requires_grad_(False), metadata
+def advantages_of(agent: Agent, batch: dict, args: Args):
+    """GAE advantages, returns and values of a rollout (T, N) under the student's current critic."""
+    values = batched(lambda o: agent(o)[1], batch["obs"].flatten(0, 1)).reshape(batch["rewards"].shape)
+    next_value = batched(lambda o: agent(o)[1], batch["next_obs"])
+    advantages, returns = compute_gae(batch["rewards"], values, next_value, batch["terminations"], batch["dones"],
+                                      batch["valid"], args.gamma, args.gae_lambda)  # fmt: skip
+    return advantages, returns, values
 
 
 if __name__ == "__main__":
@@ -478,39 +378,22 @@ if __name__ == "__main__":
         if args.resume is not None:
             checkpoint = read_checkpoint(args.resume, "--resume")
             if checkpoint["metadata"].get("algorithm") != "repaint" or "optimizer" not in checkpoint["training_state"]:
-                raise ValueError(
-                    f"--resume {args.resume!r} holds a {checkpoint['metadata'].get('algorithm')!r} run "
-                    "without REPAINT's training state; accepted: a checkpoint written by repaint_ppo.py"
-                )
-            # nanoGPT-style: the checkpoint's flags, except the RESUME_FREE_FLAGS given on the command line
-            stored, defaults, values = checkpoint["metadata"]["args"], Args(), {}
-            for f in fields(Args):
-                given = getattr(args, f.name)
-                if f.name in RESUME_FREE_FLAGS or f.name not in stored:
-                    values[f.name] = stored[f.name] if given == getattr(defaults, f.name) and f.name in stored else given
-                elif given not in (getattr(defaults, f.name), stored[f.name]):
-                    free = ", ".join("--" + name.replace("_", "-") for name in RESUME_FREE_FLAGS[1:])
-                    raise ValueError(
-                        f"--{f.name.replace('_', '-')} {given!r} differs from the resumed run's "
-                        f"{stored[f.name]!r}; accepted: leave it out or pass the stored value "
-                        f"(only {free} may change)"
-                    )
-                else:
-                    values[f.name] = stored[f.name]
-            args = Args(**values)
-        # validate the flags (one-line ValueError naming the first bad one) and fill the defaults that depend on --env
-        choices = {
-            "env": ENVS,
-            "transfer": TRANSFERS,
-            "beta_schedule": BETA_SCHEDULES,
-            "precision": PRECISIONS,
-            "teacher_adv_norm": TEACHER_ADV_NORMS,
-            "view": tuple(car_racing.VIEWS),
-            "reward": car_racing.REWARDS,
-        }
-        for flag, value, accepted in ((f"--{k.replace('_', '-')}", getattr(args, k), v) for k, v in choices.items()):
-            if value not in accepted:
-                raise ValueError(f"unknown {flag} {value!r}; accepted: {', '.join(accepted)}")
+                raise ValueError(f"--resume {args.resume!r} holds a {checkpoint['metadata'].get('algorithm')!r} run without "
+                                 "REPAINT's training state; accepted: a checkpoint written by repaint_ppo.py")  # fmt: skip
+            # nanoGPT-style: the run's flags come from the checkpoint, except the RESUME_FREE_FLAGS given on the command line
+            stored, default = checkpoint["metadata"]["args"], Args()
+            for name, given in vars(args).items():
+                if name not in RESUME_FREE_FLAGS and given not in (getattr(default, name), stored.get(name, given)):
+                    free = ", ".join("--" + flag.replace("_", "-") for flag in RESUME_FREE_FLAGS[1:])
+                    raise ValueError(f"--{name.replace('_', '-')} {given!r} differs from the resumed run's {stored[name]!r}; "
+                                     f"accepted: leave it out or pass the stored value (only {free} may change)")  # fmt: skip
+            args = Args(**{name: given if name in RESUME_FREE_FLAGS and given != getattr(default, name) else
+                           stored.get(name, given) for name, given in vars(args).items()})  # fmt: skip
+        # validation: a one-line ValueError naming the first bad flag; the defaults that depend on --env
+        for name, accepted in CHOICES.items():
+            if getattr(args, name) not in accepted:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"unknown {flag} {getattr(args, name)!r}; accepted: {', '.join(accepted)}")
         if args.env == "gridworld":
             args.task = args.task or "target"
             if args.task not in transfer_gridworld.TASKS:
@@ -525,41 +408,29 @@ if __name__ == "__main__":
             except ValueError as e:
                 raise ValueError(f"bad --bg-color: {e}") from None
         if args.capture_video and (args.env != "carracing" or args.eval_episodes < 1):
-            raise ValueError(
-                f"--capture-video with --env {args.env} and --eval-episodes {args.eval_episodes}; accepted: "
-                "--env carracing and --eval-episodes >= 1 (videos are taken during the final evaluation)"
-            )
+            raise ValueError(f"--capture-video with --env {args.env} and --eval-episodes {args.eval_episodes}; accepted: "
+                             "--env carracing and --eval-episodes >= 1 (videos are taken during the final evaluation)")  # fmt: skip
         if (args.transfer == "none") == bool(args.teacher):
-            raise ValueError(
-                f"--transfer {args.transfer} with --teacher {args.teacher!r}; accepted: a --teacher PATH with "
-                "ks, it, repaint or warm_start, and no teacher with none"
-            )
+            raise ValueError(f"--transfer {args.transfer} with --teacher {args.teacher!r}; accepted: a --teacher PATH with "
+                             "ks, it, repaint or warm_start, and no teacher with none")  # fmt: skip
         if args.learning_rate is None:
             args.learning_rate = 1e-3 if args.env == "gridworld" else 2.5e-4
-        checks = [(getattr(args, name) >= 1, name, "an integer >= 1") for name in (
-            "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads", "hidden_size", "frame_stack",
-            "beta_decay_iterations")]  # fmt: skip
-        checks += [(getattr(args, name) >= 0, name, "a number >= 0") for name in (
-            "beta", "alpha_ins", "learning_rate", "clip_coef", "save_every", "eval_episodes")]  # fmt: skip
-        checks += [
-            (0.0 < args.beta_decay <= 1.0, "beta_decay", "a number in (0, 1]"),
-            (args.teacher_num_steps is None or args.teacher_num_steps >= 1, "teacher_num_steps", "an integer >= 1"),
-            (
-                args.total_timesteps >= args.num_envs * args.num_steps,
-                "total_timesteps",
-                f"at least --num-envs * --num-steps = {args.num_envs * args.num_steps} (one iteration)",
-            ),
-        ]
-        for ok, name, accepted in checks:
-            if not ok:
-                raise ValueError(f"bad --{name.replace('_', '-')} {getattr(args, name)!r}; accepted: {accepted}")
-        num_iterations = args.total_timesteps // (args.num_envs * args.num_steps)
+        batch_size, teacher_num_steps = args.num_envs * args.num_steps, args.teacher_num_steps or args.num_steps
+        for names, ok, accepted in (
+            (("num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads", "hidden_size", "frame_stack",
+              "beta_decay_iterations", "teacher_num_steps"), lambda v: v is None or v >= 1, "an integer >= 1"),
+            (("beta", "alpha_ins", "learning_rate", "clip_coef", "save_every", "eval_episodes"), lambda v: v >= 0, "a number >= 0"),
+            (("beta_decay",), lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+            (("total_timesteps",), lambda v: v >= batch_size, f"at least --num-envs * --num-steps = {batch_size} (one iteration)"),
+        ):  # fmt: skip
+            bad = [name for name in names if not ok(getattr(args, name))]
+            if bad:
+                raise ValueError(f"bad --{bad[0].replace('_', '-')} {getattr(args, bad[0])!r}; accepted: {accepted}")
+        num_iterations = args.total_timesteps // batch_size
         start_iteration = 1 if checkpoint is None else checkpoint["training_state"]["iteration"] + 1
         if start_iteration > num_iterations:
-            raise ValueError(
-                f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
-                f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it"
-            )
+            raise ValueError(f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
+                             f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it")  # fmt: skip
         if checkpoint is None:
             env_name = f"{args.env}-{args.task}" + (f"-{args.view}-{args.reward}" if args.env == "carracing" else "")
             run_name = f"{env_name}__{args.exp_name}__{args.transfer}__{args.seed}__{int(time.time())}"
@@ -570,7 +441,38 @@ if __name__ == "__main__":
             ensure_writable_dir(run_dir, "--resume folder")
         device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
         envs = make_envs(args, args.num_envs)
-        teacher, teacher_metadata = load_teacher(args, envs, device) if args.teacher else (None, None)
+        num_actions, obs_shape = int(envs.single_action_space.n), tuple(envs.single_observation_space.shape)
+
+        # the frozen teacher, built before the seeding below: the student's initial weights and draws do not depend
+        # on it. A teacher that cannot serve this target task (observations, meaning of the actions) is refused.
+        teacher = teacher_metadata = None
+        if args.teacher:
+            teacher_checkpoint = read_checkpoint(args.teacher, "--teacher")
+            teacher_metadata = teacher_checkpoint["metadata"]
+            teacher_env = "gridworld" if "observation_shape" in teacher_metadata else "carracing"
+            frames = (3 * teacher_metadata.get("frame_stack", 0), car_racing.OBS_SIZE, car_racing.OBS_SIZE)
+            teacher_obs = tuple(teacher_metadata["observation_shape"]) if teacher_env == "gridworld" else frames
+            if teacher_obs != obs_shape:
+                raise ValueError(f"--teacher {args.teacher!r} observes shape {teacher_obs} ({teacher_env}) but the target task "
+                                 f"observes {obs_shape} ({args.env}); accepted: a teacher with the target's observation space")  # fmt: skip
+            if teacher_env == "carracing" and teacher_metadata["task"] not in car_racing.TASKS:
+                raise ValueError(f"--teacher {args.teacher!r} was trained on CarRacing task {teacher_metadata['task']!r}; "
+                                 f"accepted: one of {', '.join(car_racing.TASKS)}")  # fmt: skip
+            meaning = {"gridworld": lambda task, n: ("gridworld moves", tuple(range(n))),
+                       "carracing": lambda task, n: (f"CarRacing task {task!r}", tuple(car_racing.TASKS[task]["actions"]))}  # fmt: skip
+            teacher_actions = meaning[teacher_env](teacher_metadata["task"], teacher_metadata["num_actions"])
+            target_actions = meaning[args.env](args.task, num_actions)
+            if teacher_actions != target_actions:
+                raise ValueError(f"--teacher {args.teacher!r} acts with {teacher_actions[0]} {teacher_actions[1]} but the target "
+                                 f"task acts with {target_actions[0]} {target_actions[1]}; accepted: a teacher with its action space")  # fmt: skip
+            teacher = build_agent(teacher_metadata)
+            try:
+                teacher.encoder.load_state_dict(teacher_checkpoint["encoder"])
+                teacher.policy.load_state_dict(teacher_checkpoint["policy"])
+            except (RuntimeError, KeyError) as e:
+                raise ValueError(f"--teacher {args.teacher!r} does not match the networks its metadata describes "
+                                 f"({str(e).strip().splitlines()[0]}); accepted: an unmodified checkpoint") from None  # fmt: skip
+            teacher = teacher.to(device).eval().requires_grad_(False)
     except ValueError as e:
         fail(str(e))
 
@@ -586,32 +488,18 @@ if __name__ == "__main__":
 
     # the checkpoint's metadata, which also describes the student's networks: its encoder is absolute, except with
     # warm_start, where the student takes the teacher's architecture (a relative teacher's anchors then stay frozen)
-    metadata = dict(
-        algorithm="repaint",
-        task=args.task,
-        num_actions=int(envs.single_action_space.n),
-        seed=args.seed,
-        global_step=0,
-        args=asdict(args),
-    )
+    metadata = dict(algorithm="repaint", task=args.task, num_actions=num_actions, seed=args.seed, global_step=0,
+                    args=asdict(args))  # fmt: skip
     warm = teacher_metadata if args.transfer == "warm_start" else None
     if args.env == "gridworld":
-        metadata.update(
-            env="gridworld",
-            observation_shape=list(envs.single_observation_space.shape),
-            hidden_size=warm["hidden_size"] if warm else args.hidden_size,
-        )
+        hidden_size = warm["hidden_size"] if warm else args.hidden_size
+        metadata.update(env="gridworld", observation_shape=list(obs_shape), hidden_size=hidden_size)
     else:
         keys = ("relative", "num_anchors", "anchor_set_id", "anchor_standardize")
         metadata.update({k: warm[k] for k in keys} if warm else dict(zip(keys, (False, None, None, False))))
         frame_latent = metadata["num_anchors"] if metadata["relative"] else NATURE_CNN_LATENT
-        metadata.update(
-            bg_color=args.bg_color,
-            view=args.view,
-            reward=args.reward,
-            frame_stack=args.frame_stack,
-            latent_dim=args.frame_stack * frame_latent,
-        )
+        metadata.update(bg_color=args.bg_color, view=args.view, reward=args.reward, frame_stack=args.frame_stack,
+                        latent_dim=args.frame_stack * frame_latent)  # fmt: skip
     agent = build_agent(metadata).to(device)
     if args.transfer == "warm_start":  # the paper's extra baseline: start from the teacher's weights
         agent.load_state_dict(teacher.state_dict())
@@ -629,10 +517,8 @@ if __name__ == "__main__":
             torch.set_rng_state(state["torch_rng_state"])
             teacher_generator.set_state(state["teacher_rng_state"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            fail(
-                f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
-                "accepted: an unmodified repaint_ppo.py checkpoint"
-            )
+            fail(f"--resume {args.resume!r} does not match its metadata ({str(e).strip().splitlines()[0]}); "
+                 "accepted: an unmodified repaint_ppo.py checkpoint")  # fmt: skip
         global_step, teacher_steps = checkpoint["metadata"]["global_step"], state["teacher_steps"]
     # a resumed run drops the TensorBoard events logged after its checkpoint, so the curves do not overlap
     writer = SummaryWriter(run_dir, purge_step=None if checkpoint is None else global_step + 1)
@@ -640,30 +526,33 @@ if __name__ == "__main__":
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     checkpoint_path = os.path.join(run_dir, AGENT_FILE)
 
-    def write_checkpoint(iteration: int, step: int) -> None:
-        training_state = {
-            "optimizer": optimizer.state_dict(),
-            "iteration": iteration,
-            "teacher_steps": teacher_steps,
-            "torch_rng_state": torch.get_rng_state(),
-            "teacher_rng_state": teacher_generator.get_state(),
-        }
+    def save_checkpoint(iteration: int, step: int) -> None:
+        training_state = {"optimizer": optimizer.state_dict(), "iteration": iteration, "teacher_steps": teacher_steps,
+                          "torch_rng_state": torch.get_rng_state(), "teacher_rng_state": teacher_generator.get_state()}  # fmt: skip
         payload = agent_payload(agent.encoder, agent.policy, dict(metadata, global_step=step), training_state)
         save_atomic(payload if args.env == "carracing" else dict(payload, format=GRIDWORLD_FORMAT), checkpoint_path)
 
     # TRY NOT TO MODIFY: start the game. A resumed run starts new episodes (the simulator's state is not saved), reset
     # with seeds that depend on the iteration: reproducible, not identical to the uninterrupted run.
+    # ALGO LOGIC: storage of S and, for instance transfer, of S~ (the teacher acts in its own copies of the target
+    # task, other reset seeds, its own generator): (T, N) tensors refilled every iteration
     env_seed = args.seed + (start_iteration - 1) * args.num_envs
-    next_obs, _ = envs.reset(seed=env_seed)
-    student_state = {"obs": torch.as_tensor(next_obs, device=device), "done": torch.zeros(args.num_envs, device=device)}
-    if uses_it:  # the teacher acts in its own copies of the target task (other reset seeds)
-        teacher_envs = make_envs(args, args.num_envs)
-        teacher_obs, _ = teacher_envs.reset(seed=env_seed + 1_000_000)
-        teacher_state = {"obs": torch.as_tensor(teacher_obs, device=device), "done": torch.zeros(args.num_envs, device=device)}
-    batch_size, teacher_num_steps = args.num_envs * args.num_steps, args.teacher_num_steps or args.num_steps
+    actors = [(agent, envs, args.num_steps, None, env_seed)]
+    if uses_it:
+        actors.append((teacher, make_envs(args, args.num_envs), teacher_num_steps, teacher_generator, env_seed + 1_000_000))
+    rollouts = []
+    for actor, actor_envs, num_steps, generator, reset_seed in actors:
+        next_obs = torch.as_tensor(actor_envs.reset(seed=reset_seed)[0], device=device)
+        rollouts.append(dict(
+            actor=actor, envs=actor_envs, generator=generator, next_obs=next_obs, next_done=torch.zeros(args.num_envs, device=device),
+            obs=torch.zeros((num_steps, *next_obs.shape), dtype=next_obs.dtype, device=device),
+            actions=torch.zeros((num_steps, args.num_envs), dtype=torch.long, device=device),
+            **{k: torch.zeros((num_steps, args.num_envs), device=device) for k in ("logprobs", "rewards", "terminations", "dones", "valid")},
+        ))  # fmt: skip
+    batch, teacher_batch = rollouts[0], rollouts[-1] if uses_it else None
     start_time, start_step, recent_returns = time.time(), global_step, deque(maxlen=20)
     progress = tqdm(total=num_iterations * batch_size, initial=global_step, unit="step", dynamic_ncols=True, mininterval=2.0)
-    completed_iteration, completed_step = start_iteration - 1, global_step
+    completed_iteration = start_iteration - 1
     with GracefulStop() as stop:
         for iteration in range(start_iteration, num_iterations + 1):
             if args.anneal_lr:
@@ -671,12 +560,24 @@ if __name__ == "__main__":
             beta_k = beta_at(iteration, args.beta, args.beta_schedule, args.beta_decay, args.beta_decay_iterations)
 
             # ALGO LOGIC 1. S with pi_theta_old, S~ with pi_teacher, both in the target task with the target reward
-            episode_stats, teacher_episode_stats = [], []
-            batch = rollout(agent, envs, student_state, args.num_steps, episode_stats, stop)
-            if uses_it and batch is not None:
-                teacher_batch = rollout(
-                    teacher, teacher_envs, teacher_state, teacher_num_steps, teacher_episode_stats, stop, teacher_generator
-                )
+            for r in rollouts:
+                r["episodes"] = []  # (return, length) of the episodes that end in this rollout
+                for t in range(len(r["obs"])):
+                    if stop.requested:
+                        break
+                    r["obs"][t] = r["next_obs"]
+                    r["valid"][t] = 1.0 - r["next_done"]  # the step after an episode end only resets (next-step autoreset)
+                    with torch.no_grad():
+                        probs = F.softmax(r["actor"](r["next_obs"])[0], dim=-1)
+                    action = torch.multinomial(probs, 1, True, generator=r["generator"]).squeeze(1)  # Categorical.sample
+                    r["actions"][t], r["logprobs"][t] = action, probs.gather(1, action[:, None]).squeeze(1).log()
+                    next_obs, reward, terminated, truncated, infos = r["envs"].step(action.cpu().numpy())
+                    r["rewards"][t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                    r["terminations"][t] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
+                    r["dones"][t] = torch.as_tensor(np.logical_or(terminated, truncated), dtype=torch.float32, device=device)
+                    r["next_obs"], r["next_done"] = torch.as_tensor(next_obs, device=device), r["dones"][t]
+                    for i in np.flatnonzero(infos.get("_episode", [])):
+                        r["episodes"].append((float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])))
             if stop.requested:  # Ctrl-C / SIGTERM: drop the unfinished iteration, keep the last update
                 break
             global_step += batch_size
@@ -755,11 +656,11 @@ if __name__ == "__main__":
             y_pred, y_true = values_before.reshape(-1)[valid].cpu().numpy(), b_returns.cpu().numpy()
             explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
             sps = int((global_step - start_step) / (time.time() - start_time))
-            for episodic_return, episodic_length in episode_stats:
+            for episodic_return, episodic_length in batch["episodes"]:
                 recent_returns.append(episodic_return)
                 writer.add_scalar("charts/episodic_return", episodic_return, global_step)
                 writer.add_scalar("charts/episodic_length", episodic_length, global_step)
-            for episodic_return, _ in teacher_episode_stats:
+            for episodic_return, _ in teacher_batch["episodes"] if uses_it else ():
                 writer.add_scalar("charts/teacher_episodic_return", episodic_return, global_step)
             scalars = {
                 "charts/learning_rate": optimizer.param_groups[0]["lr"],
@@ -773,8 +674,8 @@ if __name__ == "__main__":
                 "losses/explained_variance": explained_var,
             }
             line = f"iteration {iteration}/{num_iterations} step {global_step}"
-            if episode_stats:
-                line += f" return {np.mean([r for r, _ in episode_stats]):.3f}"
+            if batch["episodes"]:
+                line += f" return {np.mean([r for r, _ in batch['episodes']]):.3f}"
             if uses_ks:
                 scalars.update({"transfer/beta_k": beta_k, "losses/kickstart_cross_entropy": np.mean(ce_losses)})
                 line += f" beta_k {beta_k:.3f}"
@@ -795,18 +696,17 @@ if __name__ == "__main__":
             recent = f"{np.mean(recent_returns):.2f}" if recent_returns else "n/a"
             progress.set_postfix_str(f"SPS={sps} return(last {len(recent_returns)})={recent}", refresh=False)
             progress.update(batch_size)
-            completed_iteration, completed_step = iteration, global_step
+            completed_iteration = iteration
             if args.save_every and global_step // args.save_every > (global_step - batch_size) // args.save_every:
-                write_checkpoint(iteration, global_step)
+                save_checkpoint(iteration, global_step)
 
     progress.close()
     envs.close()
+    save_checkpoint(completed_iteration, global_step)
     if stop.requested:
-        write_checkpoint(completed_iteration, completed_step)
         writer.close()
-        stop.exit(f"checkpoint at {checkpoint_path} (global_step={completed_step}); "
+        stop.exit(f"checkpoint at {checkpoint_path} (global_step={global_step}); "
                   f"resume with: python repaint_ppo.py --resume {checkpoint_path}")  # fmt: skip
-    write_checkpoint(num_iterations, global_step)
     print(f"checkpoint saved to {checkpoint_path} (global_step={global_step}, teacher_steps={teacher_steps})")
 
     if args.eval_episodes > 0:  # deterministic (argmax) evaluation, one episode per env, the same resets for every run

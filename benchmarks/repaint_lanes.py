@@ -2,20 +2,22 @@
 
 The analogue of the REPAINT paper's DeepRacer single-car experiment (Tao et al., ICML 2021, arXiv 2011.11827): a
 teacher rewarded for the inner lane teaches a student rewarded for the outer lane (`envs/car_racing.py`, `reward=`).
-Not a test: run it by hand once the teacher exists (resumable: finished runs are cached in the `.json` beside the
-table and skipped when the same command runs again),
+Not a test: run it by hand once the teacher exists, one run at a time (resumable: finished runs are cached in the
+`.json` beside the table and skipped when the same command runs again),
 
-    nice -n 10 python benchmarks/repaint_lanes.py --teacher runs/<inner_lane run>/agent.pt
+    python repaint_ppo.py --env carracing --reward inner_lane --num-envs 8 --num-steps 128 --total-timesteps 100000
+    python benchmarks/repaint_lanes.py --teacher runs/<that inner_lane run>/agent.pt
 
 1. The teacher is evaluated deterministically on its own task (inner_lane) and on the target (outer_lane):
    `repaint_ppo.py --transfer warm_start --learning-rate 0` for one iteration leaves the teacher's weights as they
    are, and the run's final evaluation scores them.
 2. Students on outer_lane, seeds 1..`--seeds` paired across modes: none, ks, it, repaint, warm_start, same flags.
 3. Score of an iteration: mean return of the student's episodes that ended in it, carried forward over iterations
-   where none ended, smoothed over `--smooth` iterations, per seed; K = first iteration at which it reaches
-   `--threshold`. CarRacing episodes last 1000 steps (unless the car leaves the playfield), so K needs a budget of
-   several 1000 steps per environment; the table counts the iterations in which an episode finished. Each run
-   ends with `--eval-episodes` deterministic episodes on the same tracks for every run.
+   where none ended (none before the first episode ends), smoothed over `--smooth` iterations, per seed; K = first
+   iteration at which it reaches `--threshold` (also given in student steps). CarRacing episodes last 1000 steps
+   (unless the car leaves the playfield), so the score changes about every 1000 / `--num-steps` iterations; the
+   table counts the iterations in which an episode finished. Each run ends with `--eval-episodes` deterministic
+   episodes on the same tracks (resets 10000, 10001, ...) for every run.
 
 Writes benchmarks/results/repaint_lanes.txt (and the runs to repaint_lanes.json).
 """
@@ -45,22 +47,24 @@ class Args:
     """the inner_lane teacher's agent.pt"""
     seeds: int = 3
     """student seeds per mode (1..seeds)"""
-    jobs: int = 2
+    jobs: int = 1
     """runs at a time"""
-    total_timesteps: int = 16_384
+    total_timesteps: int = 4096
     """student steps per run"""
-    num_envs: int = 4
+    num_envs: int = 1
     """student (and teacher) environments"""
-    num_steps: int = 128
+    num_steps: int = 512
     """steps per student environment per iteration"""
-    teacher_num_steps: int = 64
+    teacher_num_steps: int = 128
     """steps per teacher environment per iteration (it, repaint)"""
     threshold: float = 100.0
     """K is the first iteration whose smoothed outer-lane training return reaches this"""
-    smooth: int = 3
+    smooth: int = 1
     """moving-average window (iterations) of the per-seed score curves"""
-    eval_episodes: int = 3
-    """deterministic evaluation episodes at the end of every run"""
+    eval_episodes: int = 1
+    """deterministic evaluation episodes at the end of every student run"""
+    teacher_eval_episodes: int = 3
+    """deterministic evaluation episodes of the teacher, on each reward"""
     eval_checkpoints: int = 0
     """if > 0: also score every student's final checkpoint on this many tracks (10000, 10001, ...), with a
     one-iteration `--transfer warm_start --learning-rate 0` run that leaves its weights unchanged"""
@@ -97,18 +101,23 @@ def run_all(todo: dict[str, list[str]], done: dict, cache: dict, cache_path: str
             done[key] = future.result()
             with open(cache_path, "w") as f:
                 json.dump(cache, f)
-            print(f"{key}: eval {done[key]['eval']:.1f} +- {done[key]['eval_std']:.1f}, SPS {done[key]['sps']}", flush=True)
+            print(
+                f"{time.strftime('%H:%M:%S')} {key}: eval {done[key]['eval']:.1f} +- {done[key]['eval_std']:.1f}, "
+                f"SPS {done[key]['sps']}, {done[key]['minutes']:.1f} min",
+                flush=True,
+            )
 
 
 def score_curve(returns: list[float], window: int) -> np.ndarray:
+    """Per iteration: the mean return of the episodes that ended in it, carried forward over iterations where none
+    ended, averaged over the last `window` iterations that have a score; -inf before the first episode ends."""
     curve = np.array(returns, dtype=float)
-    seen = curve[~np.isnan(curve)]
-    last = seen[0] if seen.size else -np.inf
+    last = np.nan
     for i, value in enumerate(curve):
         last = last if np.isnan(value) else value
         curve[i] = last
-    out = np.array([curve[max(0, i + 1 - window) : i + 1].mean() for i in range(len(curve))])
-    return out
+    windows = [curve[max(0, i + 1 - window) : i + 1] for i in range(len(curve))]
+    return np.array([w[~np.isnan(w)].mean() if (~np.isnan(w)).any() else -np.inf for w in windows])
 
 
 def main(args: Args):
@@ -117,7 +126,15 @@ def main(args: Args):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     settings = {
         k: getattr(args, k)
-        for k in ("teacher", "total_timesteps", "num_envs", "num_steps", "teacher_num_steps", "eval_episodes")
+        for k in (
+            "teacher",
+            "total_timesteps",
+            "num_envs",
+            "num_steps",
+            "teacher_num_steps",
+            "eval_episodes",
+            "teacher_eval_episodes",
+        )
     }
     cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
     if cache.get("settings") != settings:
@@ -130,8 +147,6 @@ def main(args: Args):
         args.runs_dir,
         "--num-envs",
         str(args.num_envs),
-        "--eval-episodes",
-        str(args.eval_episodes),
     ]
     todo = {}
     for reward in ("inner_lane", "outer_lane"):
@@ -151,6 +166,8 @@ def main(args: Args):
             "teacher_eval",
             "--total-timesteps",
             str(32 * args.num_envs),
+            "--eval-episodes",
+            str(args.teacher_eval_episodes),
         ]
     for seed in range(1, args.seeds + 1):  # seed-major: every mode of a seed finishes before the next seed starts
         for mode in MODES:
@@ -170,6 +187,8 @@ def main(args: Args):
                 str(args.total_timesteps),
                 "--exp-name",
                 f"lanes_{mode}",
+                "--eval-episodes",
+                str(args.eval_episodes),
             ]
             todo[f"{mode} {seed}"] = argv + ([] if mode == "none" else ["--teacher", args.teacher])
     todo = {key: argv for key, argv in todo.items() if key not in done}
@@ -184,30 +203,32 @@ def main(args: Args):
             if f"{key} eval{args.eval_checkpoints}" not in done:
                 checkpoint = max(glob.glob(pattern), key=os.path.getmtime)
                 todo[f"{key} eval{args.eval_checkpoints}"] = [
-                    *common[:-2], "--eval-episodes", str(args.eval_checkpoints), "--reward", "outer_lane", "--transfer",
+                    *common, "--eval-episodes", str(args.eval_checkpoints), "--reward", "outer_lane", "--transfer",
                     "warm_start", "--teacher", checkpoint, "--learning-rate", "0", "--num-steps", "32",
                     "--total-timesteps", str(32 * args.num_envs), "--exp-name", "student_eval"]  # fmt: skip
         run_all(todo, done, cache, cache_path, args.jobs)
     lines = [
         "REPAINT on the CarRacing lanes: inner_lane teacher -> outer_lane student (envs/car_racing.py, reward=)",
-        f"command: nice -n 10 python benchmarks/repaint_lanes.py --teacher {args.teacher} --seeds {args.seeds} "
+        f"command: python benchmarks/repaint_lanes.py --teacher {args.teacher} --seeds {args.seeds} "
         f"--total-timesteps {args.total_timesteps} --num-envs {args.num_envs} --num-steps {args.num_steps} "
-        f"--teacher-num-steps {args.teacher_num_steps} --threshold {args.threshold} --eval-episodes {args.eval_episodes}"
+        f"--teacher-num-steps {args.teacher_num_steps} --threshold {args.threshold} --smooth {args.smooth} "
+        f"--eval-episodes {args.eval_episodes} --teacher-eval-episodes {args.teacher_eval_episodes} "
+        f"--runs-dir {args.runs_dir} --out {args.out}"
         + (f" --eval-checkpoints {args.eval_checkpoints}" if args.eval_checkpoints else ""),
         f"budget: {args.total_timesteps} student steps = {args.total_timesteps // (args.num_envs * args.num_steps)} iter. "
         f"of {args.num_envs} envs x {args.num_steps} steps per run (it, repaint: + {args.num_envs} x {args.teacher_num_steps} "
         f"teacher steps per iteration); seeds 1..{args.seeds}, paired across modes",
         f"threshold: smoothed ({args.smooth} iterations) outer-lane training return >= {args.threshold}; "
         f"final eval: {args.eval_episodes} deterministic episodes, the same tracks for every run",
-        "teacher, deterministic return: "
+        f"teacher, deterministic return over {args.teacher_eval_episodes} tracks: "
         + ", ".join(
             f"{reward} {done[f'teacher on {reward}']['eval']:.1f} +- {done[f'teacher on {reward}']['eval_std']:.1f}"
             for reward in ("inner_lane", "outer_lane")
         ),
         "",
-        "| mode | K mean +- std (reached) | K per seed | iterations with a finished episode, per seed | "
-        "best smoothed return per seed | final eval per seed | final eval mean +- std | SPS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | K mean +- std (reached) | K per seed | K in student steps per seed | iterations with a finished "
+        "episode, per seed | best smoothed return per seed | final eval per seed | final eval mean +- std | SPS |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     n = args.eval_checkpoints
     for mode in MODES:
@@ -220,7 +241,8 @@ def main(args: Args):
         ended = " ".join(str(sum(not math.isnan(x) for x in r["returns"])) for r in runs)
         best = " ".join("-" if not np.isfinite(c.max()) else f"{c.max():.0f}" for c in curves)
         lines.append(
-            f"| {mode} | {k_text} | {' '.join('-' if k is None else str(k) for k in ks)} | {ended} | "
+            f"| {mode} | {k_text} | {' '.join('-' if k is None else str(k) for k in ks)} | "
+            f"{' '.join('-' if k is None else str(k * args.num_envs * args.num_steps) for k in ks)} | {ended} | "
             f"{best} | {' '.join(f'{e:.0f}' for e in evals)} | "
             f"{np.mean(evals):.1f} +- {np.std(evals):.1f} | {np.mean([r['sps'] for r in runs]):.0f} |"
         )

@@ -156,8 +156,8 @@ def test_gae_stops_at_episode_ends_bootstraps_truncations_and_masks_reset_steps(
 
 
 def test_seeds_are_paired_across_modes_zero_weight_transfer_is_plain_ppo(teacher_path, tmp_path):
-    """The teacher is built and samples with its own generator: with the transfer terms weighted 0, every mode
-    trains exactly the baseline's network (same initial weights, same student draws)."""
+    """The teacher is built before the seeding and samples with its own generator: with the transfer terms weighted 0,
+    every mode trains exactly the baseline's network (same initial weights, same student draws)."""
     common = ["--seed", "5", "--beta", "0", "--alpha-ins", "0"] + TINY
     weights = {}
     for mode in ("none", "ks", "it", "repaint"):
@@ -165,15 +165,6 @@ def test_seeds_are_paired_across_modes_zero_weight_transfer_is_plain_ppo(teacher
         weights[mode] = torch.load(train(common + extra, tmp_path)[1], weights_only=True)["policy"]
     for mode in ("ks", "it", "repaint"):
         assert all(torch.equal(weights[mode][k], weights["none"][k]) for k in weights["none"]), mode
-
-
-def test_loading_a_teacher_leaves_the_global_rng_alone(teacher_path):
-    args = repaint_ppo.Args(task="target", teacher=teacher_path, transfer="repaint")
-    envs = repaint_ppo.make_envs(args, 1)
-    torch.manual_seed(0)
-    before = torch.get_rng_state()
-    repaint_ppo.load_teacher(args, envs, torch.device("cpu"))
-    assert torch.equal(torch.get_rng_state(), before)
 
 
 # ---- teacher refusal and bad input
