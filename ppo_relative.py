@@ -295,6 +295,24 @@ class Policy(nn.Module):
         return self.forward(latent)[0].argmax(dim=-1)
 
 
+def compute_gae(rewards, values, next_value, terminations, dones, gamma: float, gae_lambda: float) -> torch.Tensor:
+    """Generalized advantage estimation (Schulman et al. 2016, eq. 16) over a (num_steps, num_envs) rollout of
+    gymnasium 1.x vector envs, which reset an env on the step *after* its episode ended.
+
+    `terminations[t]` / `dones[t]`: the episode ended at step t by termination / by termination or truncation;
+    step t + 1 is then the env's reset step, whose advantage is meaningless (it is dropped from the batch).
+    V(s_{t+1}) is the value of the observation step t returned: after a truncation that is the episode's true
+    final observation, so truncated episodes bootstrap and terminated ones do not."""
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = torch.zeros_like(next_value)
+    for t in reversed(range(len(rewards))):
+        next_values = next_value if t == len(rewards) - 1 else values[t + 1]
+        delta = rewards[t] + gamma * next_values * (1.0 - terminations[t]) - values[t]
+        # the lambda-sum stops at the end of an episode: nothing after it belongs to the episode
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * (1.0 - dones[t]) * lastgaelam
+    return advantages
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     # Ctrl-C / SIGTERM from here on: the loop finishes its step, the last update is saved, one line, exit 130 / 143
@@ -545,17 +563,7 @@ if __name__ == "__main__":
         with torch.no_grad():
             with amp():
                 next_value = policy(encoder(next_obs))[1].float()
-            # GAE (eq. 16) with gymnasium 1.x autoreset: dones[t] / terminations[t] mark an episode that ended at step t
-            # (by termination or truncation / by termination), step t + 1 is then the env's reset step, dropped from the
-            # batch below. V(s_{t+1}) is the value of the observation step t returned: after a truncation that is the
-            # episode's true final observation, so truncated episodes bootstrap and terminated ones do not.
-            advantages = torch.zeros_like(rewards)
-            lastgaelam = torch.zeros_like(next_value)
-            for t in reversed(range(args.num_steps)):
-                nextvalues = next_value if t == args.num_steps - 1 else values[t + 1]
-                delta = rewards[t] + args.gamma * nextvalues * (1.0 - terminations[t]) - values[t]
-                # the lambda-sum stops at the end of an episode: nothing after it belongs to the episode
-                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * (1.0 - dones[t]) * lastgaelam
+            advantages = compute_gae(rewards, values, next_value, terminations, dones, args.gamma, args.gae_lambda)
             returns = advantages + values
 
         # flatten the batch and drop the reset steps: they are not transitions of the MDP

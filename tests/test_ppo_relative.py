@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from envs.checkpoint import AGENT_FORMAT, AGENT_METADATA, agent_payload, save_atomic  # noqa: E402
 from envs.checkpoint import load_agent_checkpoint as load_checkpoint  # noqa: E402
-from ppo_relative import Encoder, Policy, RelativeProjection  # noqa: E402
+from ppo_relative import Encoder, Policy, RelativeProjection, compute_gae  # noqa: E402
 
 SCRIPT = str(REPO_ROOT / "ppo_relative.py")
 # 2 iterations of 1 env x 16 steps; a tiny anchor recipe (4 tracks x 4 steps, 8 anchors)
@@ -145,6 +145,29 @@ def test_absolute_encoder_has_no_projection_and_ignores_anchor_updates():
     encoder.update_anchors(torch.zeros(4, 3, 84, 84, dtype=torch.uint8))
     assert encoder.projection is None and encoder.latent_dim == 3136
     assert encoder(torch.zeros(2, 3, 84, 84, dtype=torch.uint8)).shape == (2, 3136)
+
+
+# ----------------------------------------------------------------------------------------- GAE
+def test_gae_does_not_cross_episodes_and_bootstraps_only_truncations():
+    gamma, lam = 0.9, 0.8
+    # one env, 5 steps: the episode terminates at step 1 (step 2 is the reset step), a new one runs from
+    # step 3 and is truncated at step 4 (its final observation is next_obs, value 7)
+    rewards = torch.tensor([[1.0], [2.0], [0.0], [3.0], [4.0]])
+    values = torch.tensor([[0.5], [0.6], [9.0], [0.3], [0.4]])
+    terminations = torch.tensor([[0.0], [1.0], [0.0], [0.0], [0.0]])
+    dones = torch.tensor([[0.0], [1.0], [0.0], [0.0], [1.0]])
+    next_value = torch.tensor([7.0])
+    adv = compute_gae(rewards, values, next_value, terminations, dones, gamma, lam)
+    a1 = 2.0 - 0.6  # terminated: no bootstrap from the reset step's value (9.0)
+    a0 = (1.0 + gamma * 0.6 - 0.5) + gamma * lam * a1
+    a4 = 4.0 + gamma * 7.0 - 0.4  # truncated: bootstraps on the final observation
+    a3 = (3.0 + gamma * 0.4 - 0.3) + gamma * lam * a4
+    assert torch.allclose(adv[:, 0], torch.tensor([a0, a1, adv[2, 0].item(), a3, a4]), atol=1e-6)
+    # rewards of the next episode do not leak into the previous one
+    rewards2 = rewards.clone()
+    rewards2[3:] += 100.0
+    adv2 = compute_gae(rewards2, values, next_value, terminations, dones, gamma, lam)
+    assert torch.equal(adv[:2], adv2[:2])
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
