@@ -488,8 +488,9 @@ if __name__ == "__main__":
                         f"accepted: leave it out or pass the stored value (only {free} may change)"
                     )
                 given[name] = stored[name]
-            if given["total_timesteps"] == defaults["total_timesteps"]:  # not given: the stored budget
-                given["total_timesteps"] = stored["total_timesteps"]
+            for name in set(run_flags) & stored.keys():  # a run flag left out keeps the run's value (budget, precision, ...)
+                if given[name] == defaults[name]:
+                    given[name] = stored[name]
             args = Args(**given)
             if checkpoint["metadata"]["global_step"] >= args.total_timesteps:
                 raise ValueError(

@@ -322,6 +322,7 @@ def test_smoke_writes_a_loadable_contract_checkpoint_and_resumes(tmp_path, capsy
     assert "resumed" in out + err
     after = ddqn.load_checkpoint(str(path))
     assert after["metadata"]["global_step"] == 144
+    assert after["metadata"]["args"]["precision"] == "fp32"  # a run flag left out keeps the run's value
     assert after["training_state"]["num_updates"] > checkpoint["training_state"]["num_updates"]
     code, out, err = run(["--resume", str(path), "--bg-color", "red"], tmp_path, capsys)
     assert code == 2 and "error: --bg-color 'red' differs from the resumed run's 'green'" in err
