@@ -2,6 +2,7 @@
 
 import os
 import runpy
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -13,8 +14,15 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-# One anchor cache for the whole test session (subprocess smoke tests inherit it).
-os.environ.setdefault("R3L_ANCHOR_CACHE", tempfile.mkdtemp(prefix="r3l-anchors-tests-"))
+# One anchor cache for the whole test session (subprocess smoke tests inherit it), removed when the session ends.
+SESSION_ANCHOR_CACHE = None
+if "R3L_ANCHOR_CACHE" not in os.environ:
+    SESSION_ANCHOR_CACHE = os.environ["R3L_ANCHOR_CACHE"] = tempfile.mkdtemp(prefix="r3l-anchors-tests-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if SESSION_ANCHOR_CACHE is not None:
+        shutil.rmtree(SESSION_ANCHOR_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
