@@ -1,6 +1,6 @@
 """Latent-space analysis of CarRacing encoders: frame-by-frame similarity matrices (R3L, Figures 3-5).
 
-Ricciardi et al., "Zero-shot stitching in RL using relative representations" (arXiv 2404.12917), section 4.3:
+Ricciardi et al., "R3L: Relative Representations for Reinforcement Learning" (arXiv 2404.12917), section 4.3:
 one fixed action sequence is replayed on the same track in each encoder's colour, so that frames
 x_i^(1) and x_i^(2) differ only in colour. For each pair of encoders the T x T matrix
 

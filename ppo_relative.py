@@ -1,7 +1,7 @@
 # docs and experiment results can be found in docs/ppo_relative.md
 """PPO with relative (or absolute) representations on colour-variable CarRacing.
 
-R3L: Ricciardi et al., "Zero-shot stitching in RL using relative representations" (arXiv 2404.12917). The agent is an
+R3L: Ricciardi et al., "R3L: Relative Representations for Reinforcement Learning" (arXiv 2404.12917). The agent is an
 encoder E (Nature CNN) and a policy (controller with actor and critic heads), kept as two modules because stitching
 combines the encoder of one run with the policy of another. The relative representation of an observation x is its
 cosine similarity to the embeddings of a fixed set of anchor frames A, centred on the anchors' mean mu:

@@ -1,6 +1,6 @@
 """Zero-shot stitching of CarRacing agents: every encoder with every policy, no training (R3L, Table 1).
 
-Ricciardi et al., "Zero-shot stitching in RL using relative representations" (arXiv 2404.12917): agents trained
+Ricciardi et al., "R3L: Relative Representations for Reinforcement Learning" (arXiv 2404.12917): agents trained
 independently (other background colour, camera, seed, algorithm or task) are frozen, and the stitched agent
 ``policy_B(encoder_A(x))`` is played without any training. Relative encoders make the policies' inputs
 compatible; absolute ones do not, unless their latent spaces are first translated (``--translate``).

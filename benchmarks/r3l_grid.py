@@ -1,8 +1,9 @@
 """R3L's stitching experiment as one resumable grid: train every cell, then stitch and compare latents over it.
 
-Ricciardi et al., "Zero-shot stitching in RL using relative representations" (arXiv 2404.12917), Table 1:
-agents trained independently on CarRacing under several background colours and tasks, 4 seeds each, 5M steps;
-every encoder is stitched with every policy on 10 tracks. This script declares such a grid, trains each cell as
+Ricciardi et al., "R3L: Relative Representations for Reinforcement Learning" (arXiv 2404.12917), and Table 1 of
+their workshop paper "Zero-shot stitching in RL using relative representations": agents trained independently on
+CarRacing under several background colours and tasks, 4 seeds each, 5M steps; every encoder is stitched with
+every policy on 10 tracks. This script declares such a grid, trains each cell as
 its own ``ppo_relative.py`` / ``ddqn_relative.py`` process, then runs ``stitch_eval.py`` and
 ``latent_similarity.py`` over the finished cells and prints the figures of merit.
 

@@ -7,7 +7,7 @@ The physics, track generation and reward are gymnasium's own (we subclass
 * the camera (``view``), a visual variation like the colour: ``near`` is gymnasium's camera (zoom 2.7),
   ``far`` sees the same track from further away (zoom 1);
 * the task (``task``): the reward rule, the action order and the episode length, as in R3L
-  (Ricciardi et al., "Zero-shot stitching in RL using relative representations", arXiv 2404.12917):
+  (Ricciardi et al., "R3L: Relative Representations for Reinforcement Learning", arXiv 2404.12917):
 
   ============  ===========================================================================
   ``standard``  gymnasium's task: Discrete(5), -0.1 per frame, +1000/N per new tile, 1000 steps
