@@ -18,20 +18,11 @@ with the CNN in channels_last memory format or not, and gives the training steps
 import argparse
 import contextlib
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from benchmarks.interleave import medians, ratio_table, run_interleaved  # noqa: E402
-
-
-def cpu_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    start = time.process_time()
-    for _ in range(repeats):
-        fn()
-    return (time.process_time() - start) / repeats
+from benchmarks.interleave import cpu_seconds, medians, ratio_table, run_interleaved  # noqa: E402
 
 
 def components(args) -> None:

@@ -125,3 +125,12 @@ if __name__ == "__main__":
     except RuntimeError as e:
         parser.exit(2, f"error: {e}\n")
     print(ratio_table(runs, baseline=args.variant[0][0]))
+
+
+def cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """CPU seconds of this process per call of fn, after one warm-up call (in-process component timing)."""
+    fn()
+    start = time.process_time()
+    for _ in range(repeats):
+        fn()
+    return (time.process_time() - start) / repeats

@@ -173,12 +173,9 @@ def configurations(args: Args) -> list[tuple[str, str, str]]:
 
 def grid_cells(args: Args) -> list[Cell]:
     configs = configurations(args)
-    seed_of = {config: [c + 1 + len(configs) * (r - 1) for r in range(1, max(args.seeds + (args.task_seeds or ())) + 1)]
-               for c, config in enumerate(configs)}  # fmt: skip
     cells = []
     for algo in args.algos:
-        for config in configs:
-            color, view, task = config
+        for c, (color, view, task) in enumerate(configs):
             if algo == "ppo":
                 kinds, steps = args.kinds, args.total_timesteps
                 replicates = args.seeds if task == args.tasks[0] else (args.task_seeds or args.seeds)
@@ -188,7 +185,8 @@ def grid_cells(args: Args) -> list[Cell]:
                 kinds, steps = args.ddqn_kinds, args.ddqn_total_timesteps or args.total_timesteps
                 replicates = args.ddqn_seeds or args.seeds[:1]
             for r, kind in itertools.product(replicates, kinds):
-                cells.append(Cell(algo, color, view, task, kind, seed_of[config][r - 1], steps))
+                seed = c + 1 + len(configs) * (r - 1)  # distinct per configuration, shared by kinds and algorithms
+                cells.append(Cell(algo, color, view, task, kind, seed, steps))
     return cells
 
 

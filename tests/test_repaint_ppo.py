@@ -16,10 +16,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import run_script_in_process
+from conftest import run_script_in_process, save_agent_checkpoint
 
 import repaint_ppo
-from envs.checkpoint import agent_payload, load_agent_checkpoint, save_atomic
+from envs.checkpoint import load_agent_checkpoint
 from repaint_ppo import (
     beta_at,
     clipped_surrogate_loss,
@@ -198,25 +198,7 @@ def test_teacher_with_other_action_space_is_refused(teacher_path, tmp_path, caps
 def test_carracing_teachers_are_checked_against_the_target(tmp_path, capsys):
     """A CarRacing checkpoint for the gridworld, and a ``scrambled`` teacher for a ``standard`` target (same
     Discrete(5), other meaning of the actions), are refused before any weight is read."""
-    metadata = dict(
-        algorithm="ppo",
-        bg_color="green",
-        view="near",
-        task="scrambled",
-        reward="standard",
-        frame_stack=1,
-        num_actions=5,
-        relative=False,
-        anchor_set_id=None,
-        num_anchors=None,
-        anchor_standardize=False,
-        latent_dim=3136,
-        seed=1,
-        global_step=0,
-        args={},
-    )
-    path = tmp_path / "car.pt"
-    torch.save({"format": "r3l-agent-v1", "encoder": {}, "policy": {}, "metadata": metadata, "training_state": {}}, path)
+    path = save_agent_checkpoint(tmp_path / "car.pt", "green", relative=False, seed=1, task="scrambled")
     expect_refusal(["--teacher", str(path), "--transfer", "it"] + TINY, tmp_path, capsys, "(3, 84, 84)", "(49,)")
     err = expect_refusal(["--env", "carracing", "--teacher", str(path), "--transfer", "it"], tmp_path, capsys)
     assert "'scrambled'" in err and "(1, 2, 3, 4, 0)" in err and "(0, 1, 2, 3, 4)" in err and "action space" in err
@@ -403,32 +385,15 @@ def test_repaint_with_a_good_teacher_reaches_the_target_in_fewer_iterations(teac
 def test_carracing_repaint_with_a_relative_ppo_relative_teacher(tmp_path, monkeypatch):
     import ppo_relative
 
-    torch.manual_seed(0)
+    teacher = save_agent_checkpoint(tmp_path / "agent.pt", "red", relative=True, num_anchors=16, anchor_set_id="abc123")
+    checkpoint = torch.load(teacher, weights_only=True)
+    metadata = checkpoint["metadata"]
     encoder = ppo_relative.Encoder(frame_stack=1, relative=True, num_anchors=16)
-    encoder.projection.update_anchors(torch.randn(16, ppo_relative.NATURE_CNN_LATENT))
+    encoder.load_state_dict(checkpoint["encoder"])
     policy = ppo_relative.Policy(encoder.latent_dim, 5)
-    metadata = dict(
-        algorithm="ppo",
-        bg_color="red",
-        view="near",
-        task="standard",
-        reward="standard",
-        frame_stack=1,
-        num_actions=5,
-        relative=True,
-        anchor_set_id="abc123",
-        num_anchors=16,
-        anchor_standardize=False,
-        latent_dim=16,
-        seed=1,
-        global_step=0,
-        args={},
-    )
-    teacher = tmp_path / "agent.pt"
-    save_atomic(agent_payload(encoder, policy, metadata, {}), str(teacher))
+    policy.load_state_dict(checkpoint["policy"])
     # the copied networks compute what ppo_relative's compute
     copy = repaint_ppo.build_agent(metadata)
-    checkpoint = torch.load(teacher, weights_only=True)
     copy.encoder.load_state_dict(checkpoint["encoder"])
     copy.policy.load_state_dict(checkpoint["policy"])
     frames = torch.randint(0, 256, (3, 3, 84, 84), dtype=torch.uint8)
