@@ -50,6 +50,7 @@ from envs.checkpoint import (
     fail,
     load_agent_checkpoint,
     native_bf16,
+    resume_args,
     save_atomic,
 )
 
@@ -476,22 +477,11 @@ if __name__ == "__main__":
         checkpoint = None
         if args.resume is not None:
             checkpoint = load_checkpoint(args.resume)
-            # nanoGPT-style resume: every flag comes from the checkpoint, except these run flags from the command line
+            # nanoGPT-style resume: the checkpoint's flags, except these run flags when given on the command line
             run_flags = ("total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
                          "capture_video", "runs_dir")  # fmt: skip
-            stored, given, defaults = checkpoint["metadata"]["args"], vars(args), vars(Args())
-            for name in (stored.keys() & given.keys()) - {"resume", *run_flags}:
-                if given[name] not in (defaults[name], stored[name]):
-                    free = ", ".join("--" + flag.replace("_", "-") for flag in run_flags)
-                    raise ValueError(
-                        f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's {stored[name]!r}; "
-                        f"accepted: leave it out or pass the stored value (only {free} may change)"
-                    )
-                given[name] = stored[name]
-            for name in set(run_flags) & stored.keys():  # a run flag left out keeps the run's value (budget, precision, ...)
-                if given[name] == defaults[name]:
-                    given[name] = stored[name]
-            args = Args(**given)
+            given = {k: v for k, v in vars(args).items() if k != "resume"}
+            args = Args(**resume_args(given, checkpoint["metadata"]["args"], vars(Args()), run_flags), resume=args.resume)
             if checkpoint["metadata"]["global_step"] >= args.total_timesteps:
                 raise ValueError(
                     f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "

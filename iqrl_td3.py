@@ -36,7 +36,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from envs.checkpoint import GracefulStop, ensure_writable_dir, fail, load_torch_file, save_atomic
+from envs.checkpoint import GracefulStop, ensure_writable_dir, fail, load_torch_file, native_bf16, resume_args, save_atomic
 
 
 @dataclass
@@ -396,13 +396,10 @@ if __name__ == "__main__":
             checkpoint = load_torch_file(path, f"{flag}: {accepted}")
             if not isinstance(checkpoint, dict) or checkpoint.get("format") != "iqrl-td3-v1":
                 raise ValueError(f"{flag} {path!r} is not an 'iqrl-td3-v1' checkpoint; {accepted}")
-            run_flags = ["total_timesteps", "torch_threads", "cuda", "save_every", "eval_episodes", "runs_dir", "precision"]
-            given = {k: v for k, v in asdict(args).items() if v != getattr(Args(), k) and k not in ("resume", "eval_checkpoint")}  # fmt: skip
-            for k, v in given.items():  # a changed architecture flag is refused, not silently ignored
-                if k not in run_flags and v != checkpoint["args"].get(k):
-                    raise ValueError(f"--{k.replace('_', '-')} {v} differs from the checkpoint's {checkpoint['args'].get(k)}; "
-                                     f"accepted on {flag}: only --{', --'.join(n.replace('_', '-') for n in run_flags)}")  # fmt: skip
-            args = Args(**{**checkpoint["args"], **given, "resume": args.resume, "eval_checkpoint": args.eval_checkpoint})
+            run_flags = ("total_timesteps", "torch_threads", "cuda", "save_every", "eval_episodes", "runs_dir", "precision")
+            given = {k: v for k, v in asdict(args).items() if k not in ("resume", "eval_checkpoint")}
+            merged = resume_args(given, checkpoint["args"], asdict(Args()), run_flags)
+            args = Args(**merged, resume=args.resume, eval_checkpoint=args.eval_checkpoint)
         # algorithm-dependent defaults of the flags left at None
         td3 = args.algo == "td3"
         args.mlp_dims = args.mlp_dims or ([256, 256] if td3 else [512, 512])
@@ -443,9 +440,7 @@ if __name__ == "__main__":
     except ValueError as e:
         fail(str(e))
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda" else (
-        torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())  # fmt: skip
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
     amp = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
     torch.set_num_threads(args.torch_threads)
 

@@ -53,6 +53,7 @@ from envs.checkpoint import (
     fail,
     load_agent_checkpoint,
     native_bf16,
+    resume_args,
     save_atomic,
 )
 
@@ -326,21 +327,11 @@ if __name__ == "__main__":
             if algorithm != "ppo" or missing:
                 found = f"a {algorithm!r} run" if algorithm != "ppo" else f"no training_state {', '.join(missing)}"
                 raise ValueError(f"--resume {args.resume!r} holds {found}; accepted: a checkpoint written by ppo_relative.py")
-            # nanoGPT-style resume: the checkpoint's args, except these run flags when given on the command line
+            # nanoGPT-style resume: the checkpoint's flags, except these run flags when given on the command line
             run_flags = ("total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
                          "capture_video", "runs_dir")  # fmt: skip
-            stored, given, defaults = checkpoint["metadata"]["args"], vars(args), vars(Args())
-            for name in [name for name in given if name != "resume"]:
-                saved = stored.get(name, defaults[name])  # a flag newer than the checkpoint: its default
-                if name not in run_flags and given[name] not in (defaults[name], saved):
-                    free = ", ".join("--" + flag.replace("_", "-") for flag in run_flags)
-                    raise ValueError(
-                        f"--{name.replace('_', '-')} {given[name]!r} differs from the resumed run's {saved!r}; "
-                        f"accepted: leave it out or pass the stored value (only {free} may change)"
-                    )
-                if name not in run_flags or given[name] == defaults[name]:
-                    given[name] = saved
-            args = Args(**given)
+            given = {k: v for k, v in vars(args).items() if k != "resume"}
+            args = Args(**resume_args(given, checkpoint["metadata"]["args"], vars(Args()), run_flags), resume=args.resume)
         if args.task == "far":  # the alias of the far view of the standard task
             args.view, args.task = resolve_view_task(args.view, args.task)
         try:

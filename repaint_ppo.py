@@ -51,6 +51,8 @@ from envs.checkpoint import (
     fail,
     load_agent_checkpoint,
     load_torch_file,
+    native_bf16,
+    resume_args,
     save_atomic,
 )
 
@@ -68,7 +70,8 @@ class Args:
     torch_threads: int = 1
     """number of CPU threads torch may use"""
     precision: str = "fp32"
-    """fp32, or bf16 (autocast around the forward passes; measured no faster here: docs/repaint_ppo.md, Precision)"""
+    """fp32, bf16 (autocast around the forward passes; measured no faster here: docs/repaint_ppo.md, Precision), or
+    auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32"""
     runs_dir: str = "runs"
     """folder under which `{run_name}/` (TensorBoard events and the checkpoint agent.pt) is written"""
     save_every: int = 0
@@ -144,12 +147,12 @@ class Args:
 
 
 CHOICES = {"env": ("gridworld", "carracing"), "transfer": ("none", "ks", "it", "repaint", "warm_start"),
-           "beta_schedule": ("exponential", "linear", "constant"), "precision": ("fp32", "bf16"),
+           "beta_schedule": ("exponential", "linear", "constant"), "precision": ("fp32", "bf16", "auto"),
            "teacher_adv_norm": ("teacher", "student"), "view": tuple(car_racing.VIEWS), "reward": car_racing.REWARDS}  # fmt: skip
 GRIDWORLD_FORMAT = "repaint-gridworld-v1"
 EVAL_SEED = 10_000  # evaluation episodes reset with EVAL_SEED, EVAL_SEED + 1, ...: the same tracks for every run
 # the flags that may differ from the checkpoint's when resuming; every other flag comes from the checkpoint
-RESUME_FREE_FLAGS = ("resume", "total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
+RESUME_FREE_FLAGS = ("total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
                      "capture_video", "runs_dir")  # fmt: skip
 NATURE_CNN_LATENT = 64 * 7 * 7  # flattened Nature-CNN output at 84x84
 
@@ -380,15 +383,10 @@ if __name__ == "__main__":
             if checkpoint["metadata"].get("algorithm") != "repaint" or "optimizer" not in checkpoint["training_state"]:
                 raise ValueError(f"--resume {args.resume!r} holds a {checkpoint['metadata'].get('algorithm')!r} run without "
                                  "REPAINT's training state; accepted: a checkpoint written by repaint_ppo.py")  # fmt: skip
-            # nanoGPT-style: the run's flags come from the checkpoint, except the RESUME_FREE_FLAGS given on the command line
-            stored, default = checkpoint["metadata"]["args"], Args()
-            for name, given in vars(args).items():
-                if name not in RESUME_FREE_FLAGS and given not in (getattr(default, name), stored.get(name, given)):
-                    free = ", ".join("--" + flag.replace("_", "-") for flag in RESUME_FREE_FLAGS[1:])
-                    raise ValueError(f"--{name.replace('_', '-')} {given!r} differs from the resumed run's {stored[name]!r}; "
-                                     f"accepted: leave it out or pass the stored value (only {free} may change)")  # fmt: skip
-            args = Args(**{name: given if name in RESUME_FREE_FLAGS and given != getattr(default, name) else
-                           stored.get(name, given) for name, given in vars(args).items()})  # fmt: skip
+            # nanoGPT-style resume: the checkpoint's flags, except the RESUME_FREE_FLAGS given on the command line
+            given = {k: v for k, v in vars(args).items() if k != "resume"}
+            merged = resume_args(given, checkpoint["metadata"]["args"], vars(Args()), RESUME_FREE_FLAGS)
+            args = Args(**merged, resume=args.resume)
         # validation: a one-line ValueError naming the first bad flag; the defaults that depend on --env
         for name, accepted in CHOICES.items():
             if getattr(args, name) not in accepted:
@@ -440,6 +438,8 @@ if __name__ == "__main__":
             run_dir = os.path.abspath(args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume))
             ensure_writable_dir(run_dir, "--resume folder")
         device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+        if args.precision == "auto":
+            args.precision = "bf16" if native_bf16(device) else "fp32"
         envs = make_envs(args, args.num_envs)
         num_actions, obs_shape = int(envs.single_action_space.n), tuple(envs.single_observation_space.shape)
 

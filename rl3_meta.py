@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from envs import bandit, gridworld, tabular_mdp
-from envs.checkpoint import GracefulStop, ensure_writable_dir, fail, load_torch_file, save_atomic
+from envs.checkpoint import GracefulStop, ensure_writable_dir, fail, load_torch_file, native_bf16, resume_args, save_atomic
 
 
 @dataclass
@@ -46,7 +46,8 @@ class Args:
     cuda: bool = False
     """run the networks on CUDA if available (the tasks and the object-level RL stay on the CPU)"""
     precision: str = "fp32"
-    """fp32, or bf16 autocast around the forward passes (fp32 weights, losses, checkpoints); fp32 measured faster"""
+    """fp32, bf16 autocast around the forward passes (fp32 weights, losses, checkpoints; fp32 measured faster), or auto:
+    bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32"""
     runs_dir: str = "runs"
     """folder under which `{run_name}/` (TensorBoard events, agent.pt, eval.json) is written"""
     resume: str = ""
@@ -356,7 +357,7 @@ def rollout(agent: Agent, env, args: Args, task_seeds, greedy=False):
 
 def validate(args: Args) -> None:
     """Check the command line and fill the per-domain defaults; a one-line ValueError names the bad value."""
-    choices = dict(algo=ALGOS, domain=tuple(DOMAINS), grid_size=tuple(GRID_HORIZON), precision=("fp32", "bf16"),
+    choices = dict(algo=ALGOS, domain=tuple(DOMAINS), grid_size=tuple(GRID_HORIZON), precision=("fp32", "bf16", "auto"),
                    ent_schedule=("auto", "linear", "constant"), vi_init=("auto", "zeros", "warm"),
                    laplace_support=("seen", "all"))  # fmt: skip
     for name, accepted in choices.items():
@@ -407,7 +408,8 @@ if __name__ == "__main__":
             unknown = sorted(set(checkpoint["args"]) - set(Args.__dataclass_fields__))
             if unknown:
                 raise ValueError(f"{resume_path!r} has flags this rl3_meta.py does not know ({', '.join(unknown)}); {accepted}")  # fmt: skip
-            args = Args(**{**checkpoint["args"], **{k: getattr(args, k) for k in RUN_FLAGS}, "resume": args.resume})
+            given = {k: v for k, v in vars(args).items() if k != "resume"}
+            args = Args(**resume_args(given, checkpoint["args"], vars(Args()), RUN_FLAGS), resume=args.resume)
         validate(args)
         if checkpoint is None:
             run_name = f"{args.domain}__{args.algo}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -425,6 +427,8 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.precision == "auto":
+        args.precision = "bf16" if native_bf16(device) else "fp32"
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     env = make_env(args, args.num_tasks)

@@ -12,6 +12,7 @@
 * `ensure_writable_dir(path, flag)` checks an output folder before any work is done; `fail(message)` prints
   `error: message` on one line and exits with status 2.
 * `native_bf16(device)`: the rule behind the trainers' `--precision auto`.
+* `resume_args(given, stored, defaults, run_flags)`: nanoGPT-style resume, the same rule in every trainer.
 """
 
 from __future__ import annotations
@@ -62,6 +63,27 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
+def resume_args(given: dict, stored: dict, defaults: dict, run_flags) -> dict:
+    """nanoGPT-style resume: the flags of the resumed run, except the run flags (budget, threads, precision, ...)
+    given on the command line. Returns the merged flags, or raises a one-line ValueError.
+
+    A flag left at its default keeps the stored value (a flag newer than the checkpoint: its default), so
+    `--resume PATH` alone continues the run as it was. A run flag given with another value replaces the stored one.
+    Any other flag given with a value different from the stored one is refused, not silently ignored: it would
+    describe another run than the checkpoint holds."""
+    merged = {}
+    for name, value in given.items():
+        saved = stored.get(name, defaults[name])
+        if value != defaults[name] and value != saved and name not in run_flags:
+            free = ", ".join("--" + flag.replace("_", "-") for flag in run_flags)
+            raise ValueError(
+                f"--{name.replace('_', '-')} {value!r} differs from the resumed run's {saved!r}; "
+                f"accepted: leave it out or pass the stored value (only {free} may change)"
+            )
+        merged[name] = saved if value == defaults[name] else value
+    return merged
 
 
 def save_atomic(payload: dict, path: str) -> None:

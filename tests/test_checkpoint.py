@@ -1,5 +1,5 @@
 """envs/checkpoint.py: atomic writes, weights_only loads with one-line errors, the agent contract's upgrade of
-older metadata, writable-folder checks, and SIGINT / SIGTERM turned into a clean stop (exit 130 / 143)."""
+older metadata, the resume rule, writable-folder checks, and SIGINT / SIGTERM turned into a clean stop (exit 130 / 143)."""
 
 import os
 import signal
@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, save_agent_checkpoint
 
-from envs.checkpoint import ensure_writable_dir, load_agent_checkpoint, load_torch_file, save_atomic
+from envs.checkpoint import ensure_writable_dir, load_agent_checkpoint, load_torch_file, resume_args, save_atomic
 
 ACCEPTED = "accepted: a test file"
 
@@ -95,3 +95,23 @@ def test_graceful_stop_finishes_the_step_and_exits_128_plus_the_signal(signum, c
     assert process.returncode == code
     assert stderr.startswith(f"stopped by {signal.Signals(signum).name}: checkpoint at runs/x/agent.pt after ")
     assert stderr.count("\n") == 1 and "Traceback" not in stderr
+
+
+def test_resume_keeps_the_stored_flags_lets_run_flags_change_and_refuses_other_changes():
+    defaults = {"total_timesteps": 100, "precision": "auto", "latent_dim": 64, "lr": 1e-3, "new_flag": 7}
+    stored = {"total_timesteps": 500, "precision": "bf16", "latent_dim": 32, "lr": 3e-4}  # written before new_flag existed
+    run_flags = ("total_timesteps", "precision")
+    # nothing given: the run as it was (a flag newer than the checkpoint takes its default)
+    assert resume_args(dict(defaults), stored, defaults, run_flags) == {**stored, "new_flag": 7}
+    # a run flag given: it replaces the stored value; an architecture flag given with its stored value is accepted
+    given = {**defaults, "total_timesteps": 900, "latent_dim": 32}
+    assert resume_args(given, stored, defaults, run_flags) == {**stored, "total_timesteps": 900, "new_flag": 7}
+    # any other flag that disagrees with the checkpoint is refused, in one line that names it and what may change
+    with pytest.raises(ValueError) as refused:
+        resume_args({**defaults, "lr": 1e-2}, stored, defaults, run_flags)
+    assert str(refused.value) == (
+        "--lr 0.01 differs from the resumed run's 0.0003; accepted: leave it out or pass the stored value "
+        "(only --total-timesteps, --precision may change)"
+    )
+    with pytest.raises(ValueError, match="--new-flag 8 differs from the resumed run's 7"):
+        resume_args({**defaults, "new_flag": 8}, stored, defaults, run_flags)

@@ -388,7 +388,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path, capsys):
     assert code == 2 and "bad --total-timesteps 120" in err
     # an architecture flag that disagrees with the checkpoint is refused, not silently ignored
     code, out, err = run_in_process(["--resume", str(path), "--latent-dim", "8", "--total-timesteps", "200"], tmp_path, capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--latent-dim 8 differs from the checkpoint's 4" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--latent-dim 8 differs from the resumed run's 4" in err
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
@@ -455,7 +455,7 @@ def test_learns_pendulum_better_than_random(tmp_path, capsys):
     """The real algorithm (FSQ encoder + latent dynamics + 5 critics) with small networks, fp32 (reproducible)."""
     code, out, err = run_in_process(
         [
-            "--env-id", "Pendulum-v1", "--seed", "1", "--total-timesteps", "2500", "--learning-starts", "500",
+            "--env-id", "Pendulum-v1", "--seed", "1", "--total-timesteps", "4000", "--learning-starts", "500",
             "--q-lr", "1e-3", "--actor-lr", "1e-3", "--enc-lr", "1e-3", "--n-step", "3",
             "--exploration-noise-start", "0.3", "--exploration-noise-decay-steps", "1000",
             "--mlp-dims", "64", "64", "--enc-mlp-dims", "64", "--latent-dim", "16", "--batch-size", "64",
@@ -467,5 +467,7 @@ def test_learns_pendulum_better_than_random(tmp_path, capsys):
     assert code == 0, err[-2000:]
     assert "SPS=" in err  # progress bar postfix
     eval_return = float(re.search(r"eval_return_mean=(\S+)", out).group(1))
-    # a uniformly random policy scores about -1200 on Pendulum-v1 (this run: -123)
+    # a uniformly random policy scores about -1200 on Pendulum-v1. These flags, seeds 1-4, on an AMD EPYC without
+    # bf16 units: -121, -145, -173, -147. At 2500 steps seed 1 had scored -123 on an Intel CPU with AMX but -1011 on
+    # the EPYC (other BLAS kernels, other trajectories; seed 3: -675): the longer budget leaves a margin.
     assert eval_return > -600, out[-2000:]

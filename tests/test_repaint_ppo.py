@@ -220,7 +220,7 @@ def test_unreadable_files_and_bad_options_are_one_line_errors(tmp_path, capsys):
     expect_refusal(["--transfer", "ks"] + TINY, tmp_path, capsys, "--teacher")
     expect_refusal(["--task", "far"] + TINY, tmp_path, capsys, "'far'", "target, similar, different")
     expect_refusal(["--beta-schedule", "cosine"] + TINY, tmp_path, capsys, "'cosine'", "exponential")
-    expect_refusal(["--precision", "fp16"] + TINY, tmp_path, capsys, "'fp16'", "fp32, bf16")
+    expect_refusal(["--precision", "fp16"] + TINY, tmp_path, capsys, "'fp16'", "fp32, bf16, auto")
     expect_refusal(["--env", "carracing", "--view", "wide"], tmp_path, capsys, "'wide'", "near, far")
     expect_refusal(["--capture-video"] + TINY, tmp_path, capsys, "--capture-video", "--env carracing")
     expect_refusal(["--total-timesteps", "16"] + TINY[:4], tmp_path, capsys, "--total-timesteps", "32")

@@ -99,6 +99,10 @@ def test_same_seed_same_numbers_and_resume_continues_exactly(tmp_path, capsys):
                               "--total-timesteps", "72", "--eval-episodes", "2")  # fmt: skip
     assert code == 0 and "eval_return_mean=" in out
     assert torch.load(os.path.join(runs["half"], "agent.pt"), weights_only=True)["global_step"] == 72
+    # a flag that defines the run (here the model width) is refused on resume, not silently dropped
+    code, out, err, _ = train(tmp_path / "half", capsys, "--resume", os.path.join(runs["half"], "agent.pt"),
+                              "--total-timesteps", "96", "--d-model", "48")  # fmt: skip
+    assert code == 2 and err.strip().startswith("error: --d-model 48 differs from the resumed run's ")
 
 
 def test_sigterm_writes_checkpoint_one_line_and_exits_143(tmp_path, capsys):
@@ -152,7 +156,7 @@ def test_unwritable_runs_dir_is_one_line_error(tmp_path, capsys):
     [(dict(algo="rl4"), "unknown --algo 'rl4'; accepted: rl2, rl3, rl3-coarse"),
      (dict(domain="atari"), "unknown --domain 'atari'; accepted: bandit, mdp, gridworld"),
      (dict(domain="gridworld", grid_size=7), "unknown --grid-size 7; accepted: 11, 13"),
-     (dict(precision="fp16"), "unknown --precision 'fp16'; accepted: fp32, bf16"),
+     (dict(precision="fp16"), "unknown --precision 'fp16'; accepted: fp32, bf16, auto"),
      (dict(vi_init="random"), "unknown --vi-init 'random'; accepted: auto, zeros, warm"),
      (dict(laplace_support="some"), "unknown --laplace-support 'some'; accepted: seen, all"),
      (dict(ent_schedule="cosine"), "unknown --ent-schedule 'cosine'; accepted: auto, linear, constant"),
