@@ -12,6 +12,7 @@ ratios the precision and relative-representation targets are stated in:
     python benchmarks/ppo_sps.py                        # 2 rounds of 4 runs of 4096 steps
     python benchmarks/ppo_sps.py --steps 8192 --repeats 3
     python benchmarks/ppo_sps.py --components   # in-process CPU time of each part of an iteration, fp32 and bf16
+    python benchmarks/ppo_sps.py --threads      # 1 vs 2 torch threads in fp32 (wall-clock SPS; run on an idle machine)
 
 `--components` times, in CPU seconds of this process, the parts of one PPO iteration at the given sizes:
 environment steps, rollout forwards, the update's minibatch steps (forward, backward, Adam) and the anchor EMA
@@ -109,6 +110,8 @@ def main():
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"),
                         help="precisions timed by --components")  # fmt: skip
     parser.add_argument("--components", action="store_true", help="time the parts of one iteration in-process instead")
+    parser.add_argument("--threads", action="store_true",
+                        help="compare --torch-threads 1 and 2 in fp32 (relative and absolute), rounds in alternating order")  # fmt: skip
     args = parser.parse_args()
     if args.components:
         return components(args)
@@ -121,13 +124,27 @@ def main():
         "--num-anchors", str(args.num_anchors), "--bg-color", args.bg_color, "--torch-threads", str(args.torch_threads),
         "--eval-episodes", "0", "--save-every", "0", "--seed", "1",
     ]  # fmt: skip
+    started = time.time()
+    if args.threads:
+        at = common.index("--torch-threads")
+        common = common[:at] + common[at + 2 :]  # each variant sets its own thread count
+        variants = {f"{kind} fp32 {n} thread{'s' * (n > 1)}": [f"--{'' if kind == 'relative' else 'no-'}relative",
+                    "--precision", "fp32", "--torch-threads", str(n)] for kind in ("relative", "absolute") for n in (1, 2)}  # fmt: skip
+        runs = run_interleaved("ppo_relative.py", common, variants, args.repeats, args.steps, alternate=True)
+        print(f"steps/run={args.steps} num_envs={args.num_envs} num_steps={args.num_steps} cpus={os.cpu_count()} "
+              f"load1={os.getloadavg()[0]:.1f} wall={time.time() - started:.0f}s")  # fmt: skip
+        print(ratio_table(runs, baseline="relative fp32 1 thread"))
+        for kind in ("relative", "absolute"):
+            one, two = runs[f"{kind} fp32 1 thread"], runs[f"{kind} fp32 2 threads"]
+            ratios = [b["sps"] / a["sps"] for a, b in zip(one, two)]
+            print(f"{kind}: 2 threads / 1 thread SPS per round {' / '.join(f'{r:.2f}' for r in ratios)}")
+        return
     variants = {
         "relative fp32": ["--relative", "--precision", "fp32"],
         "relative bf16": ["--relative", "--precision", "bf16"],
         "absolute fp32": ["--no-relative", "--precision", "fp32"],
         "absolute bf16": ["--no-relative", "--precision", "bf16"],
     }
-    started = time.time()
     runs = run_interleaved("ppo_relative.py", common, variants, args.repeats, args.steps)
     med = medians(runs)
     print(f"steps/run={args.steps} num_envs={args.num_envs} num_steps={args.num_steps} num_anchors={args.num_anchors} "

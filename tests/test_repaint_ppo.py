@@ -19,7 +19,7 @@ import torch
 from conftest import run_script_in_process, save_agent_checkpoint
 
 import repaint_ppo
-from envs.checkpoint import load_agent_checkpoint
+from envs.checkpoint import load_agent_checkpoint, native_bf16
 from repaint_ppo import (
     beta_at,
     clipped_surrogate_loss,
@@ -266,6 +266,9 @@ def test_fp32_is_reproducible_and_bf16_trains_with_fp32_checkpoints(tmp_path):
     assert all(torch.equal(runs["a"]["policy"][k], runs["b"]["policy"][k]) for k in runs["a"]["policy"])
     assert all(t.dtype == torch.float32 for t in runs["bf16"]["policy"].values())
     assert runs["bf16"]["metadata"]["args"]["precision"] == "bf16"
+    # auto: bf16 where the CPU multiplies bf16 natively, fp32 elsewhere; the checkpoint stores what it resolved to
+    auto = torch.load(train(["--seed", "2", "--precision", "auto"] + TINY, tmp_path / "auto")[1], weights_only=True)
+    assert auto["metadata"]["args"]["precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
 
 
 # ---- clean stops and resume

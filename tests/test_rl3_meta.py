@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import rl3_meta
 from envs import bandit, gridworld
+from envs.checkpoint import native_bf16
 
 torch.set_num_threads(1)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -317,12 +318,16 @@ def test_rl2_and_rl3_inputs_differ_only_by_the_object_level_vector():
         assert rl3_meta.input_dim(args, bandit.BanditEnv(1, 100)) == 5 + 4 + 1 + extra
 
 
-def test_bf16_run_writes_fp32_checkpoint(tmp_path, capsys):
-    code, _, err, run_dir = train(tmp_path, capsys, "--precision", "bf16", "--domain", "bandit", "--horizon", "10",
+@pytest.mark.parametrize("precision", ["bf16", "auto"])
+def test_bf16_run_writes_fp32_checkpoint_and_auto_is_stored_resolved(tmp_path, capsys, precision):
+    code, _, err, run_dir = train(tmp_path, capsys, "--precision", precision, "--domain", "bandit", "--horizon", "10",
                                   "--total-timesteps", "40", "--ood", "none", *TINY)  # fmt: skip
     assert code == 0, err
-    model = torch.load(os.path.join(run_dir, "agent.pt"), weights_only=True)["model"]
-    assert all(v.dtype == torch.float32 for v in model.values())
+    checkpoint = torch.load(os.path.join(run_dir, "agent.pt"), weights_only=True)
+    assert all(v.dtype == torch.float32 for v in checkpoint["model"].values())
+    # auto: bf16 where the CPU multiplies bf16 natively (AMX / AVX512-BF16), fp32 elsewhere; the checkpoint says which
+    expected = "bf16" if precision == "bf16" or native_bf16(torch.device("cpu")) else "fp32"
+    assert checkpoint["args"]["precision"] == expected
 
 
 def test_learning_beats_random_on_bandits(tmp_path, capsys):
