@@ -405,37 +405,71 @@ if __name__ == "__main__":
         td3 = args.algo == "td3"
         args.mlp_dims = args.mlp_dims or ([256, 256] if td3 else [512, 512])
         args.noise_clip = args.noise_clip if args.noise_clip is not None else (0.5 if td3 else 0.3)
-        args.exploration_noise_start = args.exploration_noise_start if args.exploration_noise_start is not None else (0.1 if td3 else 1.0)  # fmt: skip
+        args.exploration_noise_start = (
+            args.exploration_noise_start if args.exploration_noise_start is not None else (0.1 if td3 else 1.0)
+        )
         if args.env_id not in gym.registry:
             raise ValueError(f"unknown --env-id {args.env_id!r}; accepted: a registered gymnasium id with continuous (Box) "
                              "actions, e.g. HalfCheetah-v5, Hopper-v5, Walker2d-v5, Pendulum-v1")  # fmt: skip
         positive = ["n_step", "horizon", "latent_dim", "batch_size", "total_timesteps", "learning_starts", "torch_threads",
-                    "policy_frequency", "log_every", "exploration_noise_decay_steps", "num_critics", "num_sampled_critics"]  # fmt: skip
+                    "policy_frequency", "log_every", "exploration_noise_decay_steps", "num_critics",
+                    "num_sampled_critics"]  # fmt: skip
         noise = (args.policy_noise, args.noise_clip, args.exploration_noise_start, args.exploration_noise_end)
-        checks = [*((getattr(args, k) >= 1, f"--{k.replace('_', '-')} {getattr(args, k)}", "an integer >= 1") for k in positive),
-            (min(args.fsq_levels, default=0) >= 2, f"--fsq-levels {args.fsq_levels}", "one or more integers >= 2, e.g. 8 8 or 8 6 5"),
+        checks = [
+            *((getattr(args, k) >= 1, f"--{k.replace('_', '-')} {getattr(args, k)}", "an integer >= 1") for k in positive),
+            (
+                min(args.fsq_levels, default=0) >= 2,
+                f"--fsq-levels {args.fsq_levels}",
+                "one or more integers >= 2, e.g. 8 8 or 8 6 5",
+            ),
             (0.0 < args.rho <= 1.0, f"--rho {args.rho}", "a float in (0, 1]"),
             (0.0 <= args.gamma <= 1.0, f"--gamma {args.gamma}", "a float in [0, 1]"),
             (0.0 < args.tau <= 1.0, f"--tau {args.tau}", "a float in (0, 1]"),
             (0.0 < args.enc_tau <= 1.0, f"--enc-tau {args.enc_tau}", "a float in (0, 1]"),
-            (args.buffer_size > max(args.horizon, args.n_step), f"--buffer-size {args.buffer_size}", "an integer > max(--horizon, --n-step)"),
+            (
+                args.buffer_size > max(args.horizon, args.n_step),
+                f"--buffer-size {args.buffer_size}",
+                "an integer > max(--horizon, --n-step)",
+            ),
             (min(noise) >= 0, f"--policy-noise/--noise-clip/--exploration-noise-* {noise}", "non-negative floats"),
             (min(args.mlp_dims) >= 1, f"--mlp-dims {args.mlp_dims}", "one or more positive integers"),
             (min(args.enc_mlp_dims, default=1) >= 1, f"--enc-mlp-dims {args.enc_mlp_dims}", "positive integers"),
-            (args.num_sampled_critics <= args.num_critics, f"--num-sampled-critics {args.num_sampled_critics}",
-             f"an integer in [1, --num-critics {args.num_critics}]"),
+            (
+                args.num_sampled_critics <= args.num_critics,
+                f"--num-sampled-critics {args.num_sampled_critics}",
+                f"an integer in [1, --num-critics {args.num_critics}]",
+            ),
             (args.eval_episodes >= 0, f"--eval-episodes {args.eval_episodes}", "an integer >= 0"),
-            (args.save_every >= 0, f"--save-every {args.save_every}", "an integer >= 0 (environment steps; 0: only at the end)"),
-            (args.encoder or args.fsq, "--no-encoder with --no-fsq both set", "at most one of the two (--no-encoder has no FSQ)"),
-            (args.total_timesteps > args.learning_starts, f"--total-timesteps {args.total_timesteps}",
-             f"more than --learning-starts {args.learning_starts}, or the run makes zero gradient steps"),
-            (eval_only or checkpoint is None or checkpoint["global_step"] < args.total_timesteps, f"--total-timesteps "
-             f"{args.total_timesteps}", f"more than the checkpoint's global_step {checkpoint and checkpoint['global_step']}")]  # fmt: skip
+            (
+                args.save_every >= 0,
+                f"--save-every {args.save_every}",
+                "an integer >= 0 (environment steps; 0: only at the end)",
+            ),
+            (
+                args.encoder or args.fsq,
+                "--no-encoder with --no-fsq both set",
+                "at most one of the two (--no-encoder has no FSQ)",
+            ),
+            (
+                args.total_timesteps > args.learning_starts,
+                f"--total-timesteps {args.total_timesteps}",
+                f"more than --learning-starts {args.learning_starts}, or the run makes zero gradient steps",
+            ),
+            (
+                eval_only or checkpoint is None or checkpoint["global_step"] < args.total_timesteps,
+                f"--total-timesteps {args.total_timesteps}",
+                f"more than the checkpoint's global_step {checkpoint and checkpoint['global_step']}",
+            ),
+        ]
         for ok, flag_value, accepted in checks:
             if not ok:
                 raise ValueError(f"bad {flag_value}; accepted: {accepted}")
         env = make_env(args.env_id, args.seed)
-        run_dir = os.path.dirname(path) if checkpoint is not None else os.path.join(args.runs_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")  # fmt: skip
+        run_dir = (
+            os.path.dirname(path)
+            if checkpoint is not None
+            else os.path.join(args.runs_dir, f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
+        )
         if not eval_only:
             ensure_writable_dir(run_dir, "--resume" if checkpoint is not None else "--runs-dir")
     except ValueError as e:
@@ -467,7 +501,9 @@ if __name__ == "__main__":
     if has_encoder:
         dynamics = LatentDynamics(latent_dim, act_dim, args).to(device)
         representation_params = list(encoder.parameters()) + list(dynamics.parameters())
-        optimizers["representation"] = torch.optim.AdamW(representation_params, lr=args.enc_lr, weight_decay=args.enc_weight_decay)  # fmt: skip
+        optimizers["representation"] = torch.optim.AdamW(
+            representation_params, lr=args.enc_lr, weight_decay=args.enc_weight_decay
+        )
         target_encoder = Encoder(obs_dim, args).to(device).requires_grad_(False)  # momentum encoder e_bar (EMA of e_theta)
         modules.update(dynamics=dynamics, target_encoder=target_encoder)
     target_actor = Actor(latent_dim, act_dim, args, action_low, action_high).to(device).requires_grad_(False)
@@ -478,7 +514,9 @@ if __name__ == "__main__":
             modules[target].load_state_dict(modules[online].state_dict())
 
     # storage: one sequence serves both losses (H steps for the self-predictive loss, n steps for the n-step return)
-    rb = SequenceReplayBuffer(args.buffer_size, obs_dim, act_dim, max(args.n_step, args.horizon if has_encoder else 1), args.seed)  # fmt: skip
+    rb = SequenceReplayBuffer(
+        args.buffer_size, obs_dim, act_dim, max(args.n_step, args.horizon if has_encoder else 1), args.seed
+    )
     noise_rng = np.random.default_rng(args.seed + 1)
     diag_rng = np.random.default_rng(args.seed + 2)  # diagnostics draw their own batches: logging never changes training
     recent_returns = deque(maxlen=10)
@@ -498,7 +536,9 @@ if __name__ == "__main__":
         recent_returns.extend(checkpoint["recent_returns"])
     if not eval_only:
         writer = SummaryWriter(run_dir, purge_step=global_step if checkpoint is not None else None)
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))  # fmt: skip
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+        )
     action_low_t, action_high_t = torch.as_tensor(action_low, device=device), torch.as_tensor(action_high, device=device)
     action_scale = actor.action_scale
     q1_only = torch.zeros(1, dtype=torch.long, device=device)
@@ -511,7 +551,9 @@ if __name__ == "__main__":
     actor_loss = torch.tensor(float("nan"))  # logged before the first delayed actor step of a resumed run
 
     obs, _ = env.reset(seed=args.seed + global_step)
-    progress = tqdm(total=args.total_timesteps, initial=global_step, unit="step", mininterval=2.0, dynamic_ncols=True, disable=eval_only)  # fmt: skip
+    progress = tqdm(
+        total=args.total_timesteps, initial=global_step, unit="step", mininterval=2.0, dynamic_ncols=True, disable=eval_only
+    )
     with GracefulStop() as stop:
         if not eval_only:
             print(f"{mode} on {args.env_id}, precision {'bf16' if bf16 else 'fp32'}, run folder {run_dir}")
@@ -634,15 +676,33 @@ if __name__ == "__main__":
                 or global_step == args.total_timesteps
                 or (args.save_every and global_step % args.save_every == 0)
             ):
-                save_atomic({"format": "iqrl-td3-v1", "args": asdict(args), "mode": mode, "global_step": global_step,
-                             "num_updates": num_updates, "recent_returns": list(recent_returns),
-                             "modules": {name: {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in m.state_dict().items()}
-                                         for name, m in modules.items()},  # fp32 on disk, whatever the precision
-                             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-                             "replay": {**{name: torch.from_numpy(getattr(rb, name)[: rb.size].copy()) for name in rb.FIELDS},
-                                        "pos": rb.pos, "size": rb.size, "rng": rb.rng.bit_generator.state},
-                             "rng": {"torch": torch.get_rng_state(), "noise": noise_rng.bit_generator.state,
-                                     "diag": diag_rng.bit_generator.state}}, os.path.join(run_dir, "agent.pt"))  # fmt: skip
+                save_atomic(
+                    {
+                        "format": "iqrl-td3-v1",
+                        "args": asdict(args),
+                        "mode": mode,
+                        "global_step": global_step,
+                        "num_updates": num_updates,
+                        "recent_returns": list(recent_returns),
+                        "modules": {
+                            name: {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in m.state_dict().items()}
+                            for name, m in modules.items()
+                        },  # fp32 on disk, whatever the precision
+                        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                        "replay": {
+                            **{name: torch.from_numpy(getattr(rb, name)[: rb.size].copy()) for name in rb.FIELDS},
+                            "pos": rb.pos,
+                            "size": rb.size,
+                            "rng": rb.rng.bit_generator.state,
+                        },
+                        "rng": {
+                            "torch": torch.get_rng_state(),
+                            "noise": noise_rng.bit_generator.state,
+                            "diag": diag_rng.bit_generator.state,
+                        },
+                    },
+                    os.path.join(run_dir, "agent.pt"),
+                )
             if stop.requested:
                 progress.close()
                 writer.close()
@@ -679,8 +739,7 @@ if __name__ == "__main__":
             writer.add_scalar("eval/episodic_return", episode_return, episode)
     eval_env.close()
     if returns:
-        print(
-            f"{f'eval {args.env_id} ({mode}): ' if eval_only else ''}eval_return_mean={np.mean(returns):.2f} eval_return_std={np.std(returns):.2f}"
-        )
+        prefix = f"eval {args.env_id} ({mode}): " if eval_only else ""
+        print(f"{prefix}eval_return_mean={np.mean(returns):.2f} eval_return_std={np.std(returns):.2f}")
     if not eval_only:
         writer.close()

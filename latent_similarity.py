@@ -137,7 +137,8 @@ def greedy_gym_actions(path: str | Path, track_seed: int, num_steps: int) -> np.
 def describe(index: int, meta: dict, path: Path) -> str:
     """A label that tells every checkpoint apart: index, what it was trained on, and its run folder."""
     kind = "rel" if meta["relative"] else "abs"
-    return f"[{index}] {meta['bg_color']} {meta['view']} {meta['task']} {meta['algorithm']} {kind} seed {meta['seed']} ({path.parent.name})"
+    trained_on = f"{meta['bg_color']} {meta['view']} {meta['task']} {meta['algorithm']} {kind}"
+    return f"[{index}] {trained_on} seed {meta['seed']} ({path.parent.name})"
 
 
 def plot_pair(
@@ -196,7 +197,8 @@ def main(args: Args) -> None:
         source = f"greedy actions of {args.actions_from}"
     if len(actions) < 2:
         raise UserError(
-            f"the replay from {source} on track {args.track_seed} ends after {len(actions)} step; accepted: a source that drives >= 2 steps"
+            f"the replay from {source} on track {args.track_seed} ends after {len(actions)} step; "
+            "accepted: a source that drives >= 2 steps"
         )
     print(f"replaying {len(actions)} actions ({source}) on track {args.track_seed}")
 
@@ -238,9 +240,8 @@ def main(args: Args) -> None:
         for kind in ("absolute", "relative"):
             if kind in r:
                 m = r[kind]
-                lines.append(
-                    f"{r['encoder_1']:<{width}} {r['encoder_2']:<{width}} {kind:<9} {m['diagonal']:>6.3f} {m['off_diagonal']:>8.3f} {m['retrieval']:>9.3f}"
-                )
+                pair = f"{r['encoder_1']:<{width}} {r['encoder_2']:<{width}} {kind:<9}"
+                lines.append(f"{pair} {m['diagonal']:>6.3f} {m['off_diagonal']:>8.3f} {m['retrieval']:>9.3f}")
             else:
                 lines.append(f"{r['encoder_1']:<{width}} {r['encoder_2']:<{width}} {kind:<9} n/a: {r['relative_note']}")
     print("\n".join(lines))

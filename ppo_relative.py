@@ -79,7 +79,8 @@ class Args:
     runs_dir: str = "runs"
     """directory that receives `{run_name}/` (TensorBoard logs and the checkpoint `agent.pt`)"""
     save_every: int = 20_000
-    """write the checkpoint at the end of the first PPO iteration past every multiple of this many env steps (0: only at the end)"""
+    """write the checkpoint at the end of the first PPO iteration past every multiple of this many env steps (0: only at
+    the end)"""
     resume: Optional[str] = None
     """continue the run stored in this checkpoint (`runs/{run_name}/agent.pt` or its directory)"""
     eval_episodes: int = 10

@@ -146,9 +146,15 @@ class Args:
     """gridworld: width of the two hidden layers of the actor and of the critic"""
 
 
-CHOICES = {"env": ("gridworld", "carracing"), "transfer": ("none", "ks", "it", "repaint", "warm_start"),
-           "beta_schedule": ("exponential", "linear", "constant"), "precision": ("fp32", "bf16", "auto"),
-           "teacher_adv_norm": ("teacher", "student"), "view": tuple(car_racing.VIEWS), "reward": car_racing.REWARDS}  # fmt: skip
+CHOICES = {
+    "env": ("gridworld", "carracing"),
+    "transfer": ("none", "ks", "it", "repaint", "warm_start"),
+    "beta_schedule": ("exponential", "linear", "constant"),
+    "precision": ("fp32", "bf16", "auto"),
+    "teacher_adv_norm": ("teacher", "student"),
+    "view": tuple(car_racing.VIEWS),
+    "reward": car_racing.REWARDS,
+}
 GRIDWORLD_FORMAT = "repaint-gridworld-v1"
 EVAL_SEED = 10_000  # evaluation episodes reset with EVAL_SEED, EVAL_SEED + 1, ...: the same tracks for every run
 # the flags that may differ from the checkpoint's when resuming; every other flag comes from the checkpoint
@@ -406,8 +412,10 @@ if __name__ == "__main__":
             except ValueError as e:
                 raise ValueError(f"bad --bg-color: {e}") from None
         if args.capture_video and (args.env != "carracing" or args.eval_episodes < 1):
-            raise ValueError(f"--capture-video with --env {args.env} and --eval-episodes {args.eval_episodes}; accepted: "
-                             "--env carracing and --eval-episodes >= 1 (videos are taken during the final evaluation)")  # fmt: skip
+            raise ValueError(
+                f"--capture-video with --env {args.env} and --eval-episodes {args.eval_episodes}; accepted: "
+                "--env carracing and --eval-episodes >= 1 (videos are taken during the final evaluation)"
+            )
         if (args.transfer == "none") == bool(args.teacher):
             raise ValueError(f"--transfer {args.transfer} with --teacher {args.teacher!r}; accepted: a --teacher PATH with "
                              "ks, it, repaint or warm_start, and no teacher with none")  # fmt: skip
@@ -417,9 +425,11 @@ if __name__ == "__main__":
         for names, ok, accepted in (
             (("num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads", "hidden_size", "frame_stack",
               "beta_decay_iterations", "teacher_num_steps"), lambda v: v is None or v >= 1, "an integer >= 1"),
-            (("beta", "alpha_ins", "learning_rate", "clip_coef", "save_every", "eval_episodes"), lambda v: v >= 0, "a number >= 0"),
+            (("beta", "alpha_ins", "learning_rate", "clip_coef", "save_every", "eval_episodes"), lambda v: v >= 0,
+             "a number >= 0"),
             (("beta_decay",), lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
-            (("total_timesteps",), lambda v: v >= batch_size, f"at least --num-envs * --num-steps = {batch_size} (one iteration)"),
+            (("total_timesteps",), lambda v: v >= batch_size,
+             f"at least --num-envs * --num-steps = {batch_size} (one iteration)"),
         ):  # fmt: skip
             bad = [name for name in names if not ok(getattr(args, name))]
             if bad:
@@ -453,25 +463,33 @@ if __name__ == "__main__":
             frames = (3 * teacher_metadata.get("frame_stack", 0), car_racing.OBS_SIZE, car_racing.OBS_SIZE)
             teacher_obs = tuple(teacher_metadata["observation_shape"]) if teacher_env == "gridworld" else frames
             if teacher_obs != obs_shape:
-                raise ValueError(f"--teacher {args.teacher!r} observes shape {teacher_obs} ({teacher_env}) but the target task "
-                                 f"observes {obs_shape} ({args.env}); accepted: a teacher with the target's observation space")  # fmt: skip
+                raise ValueError(
+                    f"--teacher {args.teacher!r} observes shape {teacher_obs} ({teacher_env}) but the target task "
+                    f"observes {obs_shape} ({args.env}); accepted: a teacher with the target's observation space"
+                )
             if teacher_env == "carracing" and teacher_metadata["task"] not in car_racing.TASKS:
                 raise ValueError(f"--teacher {args.teacher!r} was trained on CarRacing task {teacher_metadata['task']!r}; "
                                  f"accepted: one of {', '.join(car_racing.TASKS)}")  # fmt: skip
-            meaning = {"gridworld": lambda task, n: ("gridworld moves", tuple(range(n))),
-                       "carracing": lambda task, n: (f"CarRacing task {task!r}", tuple(car_racing.TASKS[task]["actions"]))}  # fmt: skip
+            meaning = {
+                "gridworld": lambda task, n: ("gridworld moves", tuple(range(n))),
+                "carracing": lambda task, n: (f"CarRacing task {task!r}", tuple(car_racing.TASKS[task]["actions"])),
+            }
             teacher_actions = meaning[teacher_env](teacher_metadata["task"], teacher_metadata["num_actions"])
             target_actions = meaning[args.env](args.task, num_actions)
             if teacher_actions != target_actions:
-                raise ValueError(f"--teacher {args.teacher!r} acts with {teacher_actions[0]} {teacher_actions[1]} but the target "
-                                 f"task acts with {target_actions[0]} {target_actions[1]}; accepted: a teacher with its action space")  # fmt: skip
+                raise ValueError(
+                    f"--teacher {args.teacher!r} acts with {teacher_actions[0]} {teacher_actions[1]} but the target "
+                    f"task acts with {target_actions[0]} {target_actions[1]}; accepted: a teacher with its action space"
+                )
             teacher = build_agent(teacher_metadata)
             try:
                 teacher.encoder.load_state_dict(teacher_checkpoint["encoder"])
                 teacher.policy.load_state_dict(teacher_checkpoint["policy"])
             except (RuntimeError, KeyError) as e:
-                raise ValueError(f"--teacher {args.teacher!r} does not match the networks its metadata describes "
-                                 f"({str(e).strip().splitlines()[0]}); accepted: an unmodified checkpoint") from None  # fmt: skip
+                raise ValueError(
+                    f"--teacher {args.teacher!r} does not match the networks its metadata describes "
+                    f"({str(e).strip().splitlines()[0]}); accepted: an unmodified checkpoint"
+                ) from None
             teacher = teacher.to(device).eval().requires_grad_(False)
     except ValueError as e:
         fail(str(e))
@@ -527,8 +545,13 @@ if __name__ == "__main__":
     checkpoint_path = os.path.join(run_dir, AGENT_FILE)
 
     def save_checkpoint(iteration: int, step: int) -> None:
-        training_state = {"optimizer": optimizer.state_dict(), "iteration": iteration, "teacher_steps": teacher_steps,
-                          "torch_rng_state": torch.get_rng_state(), "teacher_rng_state": teacher_generator.get_state()}  # fmt: skip
+        training_state = {
+            "optimizer": optimizer.state_dict(),
+            "iteration": iteration,
+            "teacher_steps": teacher_steps,
+            "torch_rng_state": torch.get_rng_state(),
+            "teacher_rng_state": teacher_generator.get_state(),
+        }
         payload = agent_payload(agent.encoder, agent.policy, dict(metadata, global_step=step), training_state)
         save_atomic(payload if args.env == "carracing" else dict(payload, format=GRIDWORLD_FORMAT), checkpoint_path)
 
@@ -543,12 +566,21 @@ if __name__ == "__main__":
     rollouts = []
     for actor, actor_envs, num_steps, generator, reset_seed in actors:
         next_obs = torch.as_tensor(actor_envs.reset(seed=reset_seed)[0], device=device)
-        rollouts.append(dict(
-            actor=actor, envs=actor_envs, generator=generator, next_obs=next_obs, next_done=torch.zeros(args.num_envs, device=device),
-            obs=torch.zeros((num_steps, *next_obs.shape), dtype=next_obs.dtype, device=device),
-            actions=torch.zeros((num_steps, args.num_envs), dtype=torch.long, device=device),
-            **{k: torch.zeros((num_steps, args.num_envs), device=device) for k in ("logprobs", "rewards", "terminations", "dones", "valid")},
-        ))  # fmt: skip
+        rollouts.append(
+            dict(
+                actor=actor,
+                envs=actor_envs,
+                generator=generator,
+                next_obs=next_obs,
+                next_done=torch.zeros(args.num_envs, device=device),
+                obs=torch.zeros((num_steps, *next_obs.shape), dtype=next_obs.dtype, device=device),
+                actions=torch.zeros((num_steps, args.num_envs), dtype=torch.long, device=device),
+                **{
+                    k: torch.zeros((num_steps, args.num_envs), device=device)
+                    for k in ("logprobs", "rewards", "terminations", "dones", "valid")
+                },
+            )
+        )
     batch, teacher_batch = rollouts[0], rollouts[-1] if uses_it else None
     start_time, start_step, recent_returns = time.time(), global_step, deque(maxlen=20)
     progress = tqdm(total=num_iterations * batch_size, initial=global_step, unit="step", dynamic_ncols=True, mininterval=2.0)

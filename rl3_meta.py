@@ -310,8 +310,11 @@ def object_level_learner(args: Args, env) -> ObjectLevelRL:
     V = 0 at every step when that horizon is below 100 (bandits, MDPs), warm-started otherwise (gridworlds)."""
     cfg, max_iters = DOMAINS[args.domain], min(env.episode_length, env.horizon)
     restart = args.vi_init == "zeros" or (args.vi_init == "auto" and max_iters < 100)
-    return ObjectLevelRL(env.num_tasks, state_abstraction(args, env), env.num_actions, env.horizon, cfg["laplace"],
-                         args.obj_gamma, cfg["vi_tol"], max_iters, cfg["value_scale"], restart, args.laplace_support == "seen")  # fmt: skip
+    return ObjectLevelRL(
+        env.num_tasks, state_abstraction(args, env), env.num_actions, env.horizon, laplace=cfg["laplace"],
+        gamma=args.obj_gamma, tol=cfg["vi_tol"], max_iters=max_iters, value_scale=cfg["value_scale"], restart=restart,
+        seen_support=args.laplace_support == "seen",
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -402,12 +405,16 @@ if __name__ == "__main__":
             if found != CHECKPOINT_FORMAT:
                 what = f"has format {found!r}" if isinstance(found, str) else "is not an rl3_meta.py checkpoint"
                 raise ValueError(f"{resume_path!r} {what} (expected {CHECKPOINT_FORMAT!r}); {accepted}")
-            missing = [k for k in ("args", "model", "optimizer", "global_step", "iteration", "timing", "rng") if k not in checkpoint]  # fmt: skip
+            missing = [
+                k for k in ("args", "model", "optimizer", "global_step", "iteration", "timing", "rng") if k not in checkpoint
+            ]
             if missing:
                 raise ValueError(f"{resume_path!r} lacks {', '.join(missing)}; {accepted}")
             unknown = sorted(set(checkpoint["args"]) - set(Args.__dataclass_fields__))
             if unknown:
-                raise ValueError(f"{resume_path!r} has flags this rl3_meta.py does not know ({', '.join(unknown)}); {accepted}")  # fmt: skip
+                raise ValueError(
+                    f"{resume_path!r} has flags this rl3_meta.py does not know ({', '.join(unknown)}); {accepted}"
+                )
             given = {k: v for k, v in vars(args).items() if k != "resume"}
             args = Args(**resume_args(given, checkpoint["args"], vars(Args()), RUN_FLAGS), resume=args.resume)
         validate(args)

@@ -104,7 +104,8 @@ GYM_ACTION_NAMES = ("nothing", "left", "right", "gas", "brake")
 @dataclass
 class Args:
     checkpoints: tyro.conf.Positional[tuple[str, ...]]
-    """checkpoint files (agent.pt) and/or run directories holding one; globs are expanded (and skip directories without agent.pt)"""
+    """checkpoint files (agent.pt) and/or run directories holding one; globs are expanded (and skip directories without
+    agent.pt)"""
     play_on: str = "policy"
     """policy: the encoder's colour and view with the policy's task (R3L's default); encoder: the encoder's task too"""
     translate: bool = False
@@ -401,8 +402,15 @@ def run_episode(job: Job) -> dict:
     env.close()
     if job.frames_path is not None:
         np.savez_compressed(job.frames_path, frames=np.stack(frames), returns=np.asarray(returns))
-    return {"track_seed": job.track_seed, "episode": job.episode, "episode_return": episode_return,
-            "max_return": max_return, "length": length, "env_task": env.unwrapped.task, "action_counts": action_counts}  # fmt: skip
+    return {
+        "track_seed": job.track_seed,
+        "episode": job.episode,
+        "episode_return": episode_return,
+        "max_return": max_return,
+        "length": length,
+        "env_task": env.unwrapped.task,
+        "action_counts": action_counts,
+    }
 
 
 def evaluate(jobs: list[Job], workers: int) -> list[dict]:
@@ -628,8 +636,12 @@ def draw_text(image: np.ndarray, lines: list[str], xy=(3, 2), fill=(255, 255, 25
 
 def pair_gif(recording: dict, label: str, path: Path, steps: int) -> None:
     """The agent's view of one episode, upscaled, with the pair and the return so far drawn on it."""
-    frames = [draw_text(upscale(frame, VIDEO_SCALE), [label, f"return {ret:7.1f}"])
-              for frame, ret in zip(recording["frames"][: steps + 1 : FRAME_STRIDE], recording["returns"][: steps + 1 : FRAME_STRIDE])]  # fmt: skip
+    frames = [
+        draw_text(upscale(frame, VIDEO_SCALE), [label, f"return {ret:7.1f}"])
+        for frame, ret in zip(
+            recording["frames"][: steps + 1 : FRAME_STRIDE], recording["returns"][: steps + 1 : FRAME_STRIDE]
+        )
+    ]
     iio.imwrite(path, np.stack(frames), duration=40, loop=0)
 
 
@@ -706,13 +718,22 @@ def check_args(args: Args) -> None:
         ("--episodes-per-track", args.episodes_per_track, args.episodes_per_track >= 1, "an integer >= 1"),
         ("--epsilon", args.epsilon, 0.0 <= args.epsilon <= 1.0, "a probability in [0, 1]"),
         ("--workers", args.workers, args.workers >= 1, "an integer >= 1"),
-        ("--max-episode-steps", args.max_episode_steps, args.max_episode_steps is None or args.max_episode_steps >= 1,
-         "an integer >= 1"),
+        (
+            "--max-episode-steps",
+            args.max_episode_steps,
+            args.max_episode_steps is None or args.max_episode_steps >= 1,
+            "an integer >= 1",
+        ),
         ("--play-on", args.play_on, args.play_on in PLAY_ON, " or ".join(PLAY_ON)),
-        ("--translate-method", args.translate_method, args.translate_method in TRANSLATE_METHODS, " or ".join(TRANSLATE_METHODS)),
+        (
+            "--translate-method",
+            args.translate_method,
+            args.translate_method in TRANSLATE_METHODS,
+            " or ".join(TRANSLATE_METHODS),
+        ),
         ("--translate-anchors", args.translate_anchors, 2 <= args.translate_anchors <= 3136, "an integer in [2, 3136]"),
         ("--video-steps", args.video_steps, args.video_steps >= 1, "an integer >= 1"),
-    ):  # fmt: skip
+    ):
         if not ok:
             raise UserError(f"--{name.lstrip('-')} {value!r} is invalid; accepted: {accepted}")
     if args.episodes_per_track > 1 and args.epsilon == 0.0:
@@ -799,21 +820,37 @@ def main(args: Args) -> None:
             for track_seed in track_seeds:
                 for episode in range(args.episodes_per_track):
                     record = args.videos and track_seed == track_seeds[0] and episode == 0
-                    jobs.append(Job(pair["encoder_path"], pair["policy_path"], **pair["played_on"], actions=tuple(pair["actions"]),
-                                    track_seed=track_seed, episode=episode, epsilon=args.epsilon, seed=args.seed,
-                                    max_episode_steps=args.max_episode_steps, translation_path=translation,
-                                    frames_path=str(Path(folder) / f"frames_{index}.npz") if record else None))  # fmt: skip
+                    jobs.append(
+                        Job(
+                            pair["encoder_path"],
+                            pair["policy_path"],
+                            **pair["played_on"],
+                            actions=tuple(pair["actions"]),
+                            track_seed=track_seed,
+                            episode=episode,
+                            epsilon=args.epsilon,
+                            seed=args.seed,
+                            max_episode_steps=args.max_episode_steps,
+                            translation_path=translation,
+                            frames_path=str(Path(folder) / f"frames_{index}.npz") if record else None,
+                        )
+                    )
                     job_pairs.append(index)
-        print(f"{len(checkpoints)} checkpoints, {len(pairs) - len(refused)} pairs evaluated x {len(track_seeds)} track"
-              f"{'s' if len(track_seeds) > 1 else ''} x {args.episodes_per_track} episode"
-              f"{'s' if args.episodes_per_track > 1 else ''} = {len(jobs)} episodes, {len(refused)} pairs refused")  # fmt: skip
+        print(
+            f"{len(checkpoints)} checkpoints, {len(pairs) - len(refused)} pairs evaluated x {len(track_seeds)} track"
+            f"{'s' if len(track_seeds) > 1 else ''} x {args.episodes_per_track} episode"
+            f"{'s' if args.episodes_per_track > 1 else ''} = {len(jobs)} episodes, {len(refused)} pairs refused"
+        )
         for index, result in zip(job_pairs, evaluate(jobs, args.workers)):
             pairs[index]["episodes"].append(result)
         videos = write_videos(checkpoints, pairs, Path(folder), out_dir, args.video_steps) if args.videos else []
     for pair in pairs:
         if pair["episodes"]:
-            pair["summary"] = {f"{metric}_{stat}": float(fn([e[metric] for e in pair["episodes"]]))
-                               for metric in ("max_return", "episode_return") for stat, fn in (("mean", np.mean), ("std", np.std))}  # fmt: skip
+            pair["summary"] = {
+                f"{metric}_{stat}": float(fn([e[metric] for e in pair["episodes"]]))
+                for metric in ("max_return", "episode_return")
+                for stat, fn in (("mean", np.mean), ("std", np.std))
+            }
 
     blocks = build_blocks(checkpoints, pairs, args.exclude_same_seed)
     merits = {}

@@ -89,9 +89,17 @@ def moving_average(steps: np.ndarray, values: np.ndarray, window: int) -> tuple[
     return steps[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid")
 
 
-def write_curves(series: dict[str, list[str]], out: str, key: str = "charts/episodic_return", window: int = 1,
-                 eval_key: str = "eval/episodic_return", checkpoints: dict[str, list[tuple[str, int, list[float]]]] | None = None,
-                 hlines: dict[str, dict[str, float]] | None = None, ylabel: str = "", xlabel: str = "environment steps") -> None:  # fmt: skip
+def write_curves(
+    series: dict[str, list[str]],
+    out: str,
+    key: str = "charts/episodic_return",
+    window: int = 1,
+    eval_key: str = "eval/episodic_return",
+    checkpoints: dict[str, list[tuple[str, int, list[float]]]] | None = None,
+    hlines: dict[str, dict[str, float]] | None = None,
+    ylabel: str = "",
+    xlabel: str = "environment steps",
+) -> None:
     """Plot `series` ({"[panel/]label": [run folders]}) to OUT.png and write OUT.csv / OUT_eval.csv (module docstring).
     `checkpoints`: {label: evaluate_checkpoints(...)}; `hlines`: {panel: {name: value}} (dashed reference lines)."""
     panels: dict[str, list[str]] = {}
@@ -168,8 +176,13 @@ if __name__ == "__main__":
     parser.add_argument("--key", default="charts/episodic_return", help="the TensorBoard scalar to plot")
     parser.add_argument("--window", type=int, default=8, help="points in the moving average")
     parser.add_argument("--eval-key", default="eval/episodic_return", help="final-evaluation scalar (one per episode)")
-    parser.add_argument("--checkpoints", nargs="+", default=[], metavar="LABEL=GLOB",
-                        help="CarRacing checkpoints of a label's run to evaluate (e.g. periodic copies of agent.pt)")  # fmt: skip
+    parser.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=[],
+        metavar="LABEL=GLOB",
+        help="CarRacing checkpoints of a label's run to evaluate (e.g. periodic copies of agent.pt)",
+    )
     parser.add_argument("--eval-episodes", type=int, default=3, help="greedy episodes per checkpoint")
     parser.add_argument("--first-track", type=int, default=20_000, help="track seed of the first evaluation episode")
     parser.add_argument("--hline", nargs="+", default=[], metavar="[PANEL/]NAME=VALUE", help="dashed reference lines")

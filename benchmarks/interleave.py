@@ -70,8 +70,16 @@ def run_once(script: str, flags: list[str], steps: int, collect: Callable[[str],
     }
 
 
-def run_interleaved(script: str, common: list[str], variants: dict[str, list[str]], repeats: int, steps: int,
-                    log=print, collect: Callable[[str], dict] | None = None, alternate: bool = False) -> dict[str, list[dict]]:  # fmt: skip
+def run_interleaved(
+    script: str,
+    common: list[str],
+    variants: dict[str, list[str]],
+    repeats: int,
+    steps: int,
+    log=print,
+    collect: Callable[[str], dict] | None = None,
+    alternate: bool = False,
+) -> dict[str, list[dict]]:
     """{variant: [run figures, ...]} of subprocess runs of `script`, the variants run in turn, `repeats` rounds."""
     done = dict.fromkeys(variants, 0)
 

@@ -114,8 +114,18 @@ if __name__ == "__main__":
             for name, (rev, flags, times) in order:
                 runs, extra = [], args.updates * times
                 for updates in (args.short, args.short + extra):
-                    run_flags = ["--env-id", args.env_id, "--learning-starts", str(args.learning_starts), "--total-timesteps",
-                                 str(args.learning_starts + updates), "--eval-episodes", "0", *args.flags.split(), *flags]  # fmt: skip
+                    run_flags = [
+                        "--env-id",
+                        args.env_id,
+                        "--learning-starts",
+                        str(args.learning_starts),
+                        "--total-timesteps",
+                        str(args.learning_starts + updates),
+                        "--eval-episodes",
+                        "0",
+                        *args.flags.split(),
+                        *flags,
+                    ]
                     if "--torch-threads" not in flags:
                         run_flags += ["--torch-threads", "1"]
                     runs.append(run_once(scripts[rev], run_flags, args.learning_starts + updates))

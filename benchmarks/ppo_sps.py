@@ -110,8 +110,11 @@ def main():
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"),
                         help="precisions timed by --components")  # fmt: skip
     parser.add_argument("--components", action="store_true", help="time the parts of one iteration in-process instead")
-    parser.add_argument("--threads", action="store_true",
-                        help="compare --torch-threads 1 and 2 in fp32 (relative and absolute), rounds in alternating order")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="compare --torch-threads 1 and 2 in fp32 (relative and absolute), rounds in alternating order",
+    )
     args = parser.parse_args()
     if args.components:
         return components(args)
@@ -128,8 +131,17 @@ def main():
     if args.threads:
         at = common.index("--torch-threads")
         common = common[:at] + common[at + 2 :]  # each variant sets its own thread count
-        variants = {f"{kind} fp32 {n} thread{'s' * (n > 1)}": [f"--{'' if kind == 'relative' else 'no-'}relative",
-                    "--precision", "fp32", "--torch-threads", str(n)] for kind in ("relative", "absolute") for n in (1, 2)}  # fmt: skip
+        variants = {
+            f"{kind} fp32 {n} thread{'s' * (n > 1)}": [
+                f"--{'' if kind == 'relative' else 'no-'}relative",
+                "--precision",
+                "fp32",
+                "--torch-threads",
+                str(n),
+            ]
+            for kind in ("relative", "absolute")
+            for n in (1, 2)
+        }
         runs = run_interleaved("ppo_relative.py", common, variants, args.repeats, args.steps, alternate=True)
         print(f"steps/run={args.steps} num_envs={args.num_envs} num_steps={args.num_steps} cpus={os.cpu_count()} "
               f"load1={os.getloadavg()[0]:.1f} wall={time.time() - started:.0f}s")  # fmt: skip

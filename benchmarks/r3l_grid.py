@@ -417,8 +417,10 @@ def summarise(args: Args, cells: list[Cell], records: dict, runs_dir: Path, out_
     own = summary["own_returns"]
     if own:
         driving = sum(v >= 600 for v in own.values())
-        lines.append(f"own agents with mean max return >= 600 on {args.num_tracks} tracks: {driving} of {len(own)} "
-                     f"(min {min(own.values()):.1f}, median {np.median(list(own.values())):.1f}, max {max(own.values()):.1f})")  # fmt: skip
+        lines.append(
+            f"own agents with mean max return >= 600 on {args.num_tracks} tracks: {driving} of {len(own)} "
+            f"(min {min(own.values()):.1f}, median {np.median(list(own.values())):.1f}, max {max(own.values()):.1f})"
+        )
     latent_path = out_dir / "latent" / "similarity_summary.json"
     if latent_path.exists():
         groups: dict[str, list[tuple[float, float]]] = {}

@@ -3,7 +3,8 @@
 `--variants precision`: does bf16 autocast make RL^3 faster? `--variants threads`: does a second torch thread?
 `--variants algo`: what does the object-level RL cost (RL^2, RL^3, RL^3-coarse)? Defaults: fp32, 1 thread.
 For each configuration (random MDPs H=64, 64 tasks; 13x13 gridworlds H=350, 8 tasks) the variants run one after the
-other, `--repeats` rounds in a row (benchmarks/interleave.py), so slow phases of a shared machine hit all variants alike. Each run trains
+other, `--repeats` rounds in a row (benchmarks/interleave.py), so slow phases of a shared machine hit all variants
+alike. Each run trains
 `--iterations` PPO iterations of 4 epochs (no KL early stop, so every variant does the same work); the figure is the
 wall-clock per iteration (rollout + update) that rl3_meta.py writes to eval.json, and the PPO update per epoch.
 Ratios are variant / first variant, per round, then mean +- std over rounds.
@@ -29,8 +30,19 @@ from benchmarks.interleave import round_ratios, run_interleaved  # noqa: E402
 
 CONFIGS = {
     "mdp_H64": ["--domain", "mdp", "--horizon", "64", "--num-tasks", "64", "--minibatch-size", "1024"],
-    "gridworld13": ["--domain", "gridworld", "--grid-size", "13", "--horizon", "350", "--num-tasks", "8", "--minibatch-size", "700"],
-}  # fmt: skip
+    "gridworld13": [
+        "--domain",
+        "gridworld",
+        "--grid-size",
+        "13",
+        "--horizon",
+        "350",
+        "--num-tasks",
+        "8",
+        "--minibatch-size",
+        "700",
+    ],
+}
 VARIANT_SETS = {
     "precision": {"fp32": ["--precision", "fp32"], "bf16": ["--precision", "bf16"]},
     "threads": {"1 thread": ["--torch-threads", "1"], "2 threads": ["--torch-threads", "2"]},
@@ -81,8 +93,10 @@ if __name__ == "__main__":
         ratios, update_ratios = round_ratios(runs, first, "iteration_s"), round_ratios(runs, first, "update_s_per_epoch")
         for variant in variants:
             seconds = np.mean([r["iteration_s"] for r in runs[variant]])
-            lines.append(f"| {config} | {variant} | {seconds:.2f} | {np.mean(ratios[variant]):.2f} +- {np.std(ratios[variant]):.2f} "
-                         f"| {np.mean(update_ratios[variant]):.2f} +- {np.std(update_ratios[variant]):.2f} |")  # fmt: skip
+            lines.append(
+                f"| {config} | {variant} | {seconds:.2f} | {np.mean(ratios[variant]):.2f} +- {np.std(ratios[variant]):.2f} "
+                f"| {np.mean(update_ratios[variant]):.2f} +- {np.std(update_ratios[variant]):.2f} |"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     with open(os.path.join(REPO, args.output or f"benchmarks/results/rl3_{args.variants}_timing.txt"), "w") as f:

@@ -37,12 +37,22 @@ def test_curves_write_csv_and_png_for_panels_seeds_and_evaluations(tmp_path):
     curves.write_curves({"left/a": [seed1, seed2], "right/b": [other]}, out, window=2, hlines={"right": {"random": 0.1}})
     rows = read_csv(out + ".csv")
     assert rows[0] == ["label", "run", "global_step", "charts/episodic_return"]
-    assert rows[1:] == [["left/a", "a__1", "100", "1.0"], ["left/a", "a__1", "200", "2.0"], ["left/a", "a__1", "300", "3.0"],
-                        ["left/a", "a__1", "400", "4.0"], ["left/a", "a__2", "100", "3.0"], ["left/a", "a__2", "200", "4.0"],
-                        ["left/a", "a__2", "300", "5.0"], ["right/b", "b__1", "100", "0.5"], ["right/b", "b__1", "200", "0.25"]]  # fmt: skip
+    assert rows[1:] == [
+        ["left/a", "a__1", "100", "1.0"],
+        ["left/a", "a__1", "200", "2.0"],
+        ["left/a", "a__1", "300", "3.0"],
+        ["left/a", "a__1", "400", "4.0"],
+        ["left/a", "a__2", "100", "3.0"],
+        ["left/a", "a__2", "200", "4.0"],
+        ["left/a", "a__2", "300", "5.0"],
+        ["right/b", "b__1", "100", "0.5"],
+        ["right/b", "b__1", "200", "0.25"],
+    ]
     # the final evaluation is placed at the run's last training step, as mean and std over its episodes
-    assert read_csv(out + "_eval.csv") == [["label", "run", "source", "global_step", "mean", "std", "returns"],
-                                           ["left/a", "a__1", "eval/episodic_return", "400", "15.00", "5.00", "10.0 20.0"]]  # fmt: skip
+    assert read_csv(out + "_eval.csv") == [
+        ["label", "run", "source", "global_step", "mean", "std", "returns"],
+        ["left/a", "a__1", "eval/episodic_return", "400", "15.00", "5.00", "10.0 20.0"],
+    ]
     assert (tmp_path / "results" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

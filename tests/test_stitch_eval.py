@@ -29,20 +29,27 @@ META = {"algorithm": "ppo", "bg_color": "green", "view": "near", "task": "standa
 ABSOLUTE = {**META, "relative": False, "anchor_set_id": None, "num_anchors": None, "latent_dim": 3136}
 
 
-@pytest.mark.parametrize("encoder, policy, reason", [
-    (META, {**META, "bg_color": "red", "seed": 2, "algorithm": "ddqn"}, None),  # colour, seed and algorithm stitch
-    (META, {**META, "view": "far"}, None),
-    (META, {**META, "task": "slow"}, None),
-    (META, {**META, "task": "scrambled"}, None),  # an encoder produces no actions: tasks never refuse a pair
-    (META, {**META, "task": "no_idle", "num_actions": 4}, None),
-    (ABSOLUTE, {**ABSOLUTE, "bg_color": "red"}, None),  # allowed (and expected to fail at driving)
-    (META, ABSOLUTE, "relative encoder with absolute policy (stitchable only with --translate)"),
-    (ABSOLUTE, META, "absolute encoder with relative policy (stitchable only with --translate)"),
-    (META, {**META, "anchor_set_id": "set-b"}, "different anchor_set_id (encoder set-a, policy set-b)"),
-    (META, {**META, "num_anchors": 32, "latent_dim": 32}, "different num_anchors (encoder 64, policy 32)"),
-    (META, {**META, "anchor_standardize": True}, "different anchor_standardize (encoder False, policy True)"),
-    (META, {**META, "frame_stack": 4, "latent_dim": 256}, "different frame_stack (encoder 1, policy 4): the policy's input layout"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "encoder, policy, reason",
+    [
+        (META, {**META, "bg_color": "red", "seed": 2, "algorithm": "ddqn"}, None),  # colour, seed and algorithm stitch
+        (META, {**META, "view": "far"}, None),
+        (META, {**META, "task": "slow"}, None),
+        (META, {**META, "task": "scrambled"}, None),  # an encoder produces no actions: tasks never refuse a pair
+        (META, {**META, "task": "no_idle", "num_actions": 4}, None),
+        (ABSOLUTE, {**ABSOLUTE, "bg_color": "red"}, None),  # allowed (and expected to fail at driving)
+        (META, ABSOLUTE, "relative encoder with absolute policy (stitchable only with --translate)"),
+        (ABSOLUTE, META, "absolute encoder with relative policy (stitchable only with --translate)"),
+        (META, {**META, "anchor_set_id": "set-b"}, "different anchor_set_id (encoder set-a, policy set-b)"),
+        (META, {**META, "num_anchors": 32, "latent_dim": 32}, "different num_anchors (encoder 64, policy 32)"),
+        (META, {**META, "anchor_standardize": True}, "different anchor_standardize (encoder False, policy True)"),
+        (
+            META,
+            {**META, "frame_stack": 4, "latent_dim": 256},
+            "different frame_stack (encoder 1, policy 4): the policy's input layout",
+        ),
+    ],
+)
 def test_refusal_rules_name_only_latent_reasons(encoder, policy, reason):
     assert stitch_refusal(encoder, policy) == reason
 
@@ -326,8 +333,14 @@ def test_end_to_end_two_colours(tmp_path, repo_root):
     assert read_csv(tmp_path / "serial" / "stitch_episodes.csv") == read_csv(out / "stitch_episodes.csv")
 
     out = tmp_path / "similarity"
-    proc = subprocess.run([sys.executable, "latent_similarity.py", str(runs / "*"), "--num-steps", "60", "--out-dir", str(out)],
-                          cwd=repo_root, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "latent_similarity.py", str(runs / "*"), "--num-steps", "60", "--out-dir", str(out)],
+        cwd=repo_root,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "similarity_summary.json").read_text())
     (pair,) = summary["pairs"]
