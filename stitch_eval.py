@@ -540,40 +540,35 @@ def format_cell(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
 
 
-def markdown_table(block: dict, metric: str) -> str:
-    header = "| encoder \\ policy | " + " | ".join(block["columns"]) + " |"
-    lines = [header, "|" + "---|" * (len(block["columns"]) + 1)]
+def block_table(block: dict, cell_text, empty: str) -> str:
+    """Markdown table of a block, encoders as rows and policies as columns: `cell_text(pairs, row, column)` in each cell
+    that has pairs, `empty` in the others."""
+    lines = ["| encoder \\ policy | " + " | ".join(block["columns"]) + " |", "|" + "---|" * (len(block["columns"]) + 1)]
     for row in block["rows"]:
-        entries = []
-        for column in block["columns"]:
-            cell = block["cells"].get((row, column))
-            if not cell:
-                entries.append("n/a")
-                continue
-            runs = len(cell)
-            own = " own" if (row, column) in block["own"] else ""
-            entries.append(f"{format_cell(episodes_of(cell, metric))} ({runs} pair{'s' if runs > 1 else ''}{own})")
+        cells = [(block["cells"].get((row, column)), column) for column in block["columns"]]
+        entries = [cell_text(cell, row, column) if cell else empty for cell, column in cells]
         lines.append(f"| {row} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
+
+
+def markdown_table(block: dict, metric: str) -> str:
+    """Mean ± std of `metric` over a cell's episodes, with its number of pairs ("own": an agent with itself)."""
+
+    def text(cell: list, row: str, column: str) -> str:
+        own = " own" if (row, column) in block["own"] else ""
+        return f"{format_cell(episodes_of(cell, metric))} ({len(cell)} pair{'s' if len(cell) > 1 else ''}{own})"
+
+    return block_table(block, text, "n/a")
 
 
 def played_on_table(block: dict) -> str:
     """What each cell was played on: colour · view · task (· reward when not standard)."""
-    header = "| encoder \\ policy | " + " | ".join(block["columns"]) + " |"
-    lines = [header, "|" + "---|" * (len(block["columns"]) + 1)]
-    for row in block["rows"]:
-        entries = []
-        for column in block["columns"]:
-            cell = block["cells"].get((row, column))
-            if not cell:
-                entries.append("–")
-                continue
-            spots = sorted(
-                {" · ".join(v for k, v in p["played_on"].items() if k != "reward" or v != "standard") for p in cell}
-            )
-            entries.append(", ".join(spots))
-        lines.append(f"| {row} | " + " | ".join(entries) + " |")
-    return "\n".join(lines)
+
+    def text(cell: list, row: str, column: str) -> str:
+        played = {" · ".join(v for k, v in p["played_on"].items() if k != "reward" or v != "standard") for p in cell}
+        return ", ".join(sorted(played))
+
+    return block_table(block, text, "–")
 
 
 def plot_heatmap(blocks: dict[str, dict], path: Path) -> None:

@@ -122,16 +122,19 @@ def parse_bg_color(bg_color: str) -> tuple[tuple[int, int, int], tuple[int, int,
     raise ValueError(f"unknown bg_color {bg_color!r}: accepted are {', '.join(NAMED_COLORS)} or a hex colour '#rrggbb'")
 
 
+def check_choice(name: str, value: str, accepted, hint: str = "") -> str:
+    """`value` if it is one of `accepted`, else a one-line ValueError naming it and what is accepted."""
+    if value not in accepted:
+        raise ValueError(f"unknown {name} {value!r}: accepted are {', '.join(accepted)}{hint}")
+    return value
+
+
 def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: accepted are {', '.join(TASKS)} (or 'far', an alias of view='far')")
-    return task
+    return check_choice("task", task, TASKS, " (or 'far', an alias of view='far')")
 
 
 def check_view(view: str) -> str:
-    if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}: accepted are {', '.join(VIEWS)}")
-    return view
+    return check_choice("view", view, VIEWS)
 
 
 def resolve_view_task(view: str, task: str) -> tuple[str, str]:
@@ -141,18 +144,6 @@ def resolve_view_task(view: str, task: str) -> tuple[str, str]:
     if task in TASK_ALIASES:
         return TASK_ALIASES[task]
     return view, check_task(task)
-
-
-def check_reward(reward: str) -> str:
-    if reward not in REWARDS:
-        raise ValueError(f"unknown reward {reward!r}: accepted are {', '.join(REWARDS)}")
-    return reward
-
-
-def check_render_backend(render_backend: str) -> str:
-    if render_backend not in RENDER_BACKENDS:
-        raise ValueError(f"unknown render_backend {render_backend!r}: accepted are {', '.join(RENDER_BACKENDS)}")
-    return render_backend
 
 
 class ColorCarRacing(gym_car_racing.CarRacing):
@@ -179,8 +170,9 @@ class ColorCarRacing(gym_car_racing.CarRacing):
         self.background_rgb, self.grass_rgb = parse_bg_color(bg_color)
         self.bg_color_name = bg_color
         self.view, self.task = resolve_view_task(view, task)
-        self.reward_variant = check_reward(reward)  # (gymnasium's self.reward is the running episode reward)
-        self.render_backend = check_render_backend(render_backend)
+        # the reward variant (gymnasium's own self.reward is the running episode reward)
+        self.reward_variant = check_choice("reward", reward, REWARDS)
+        self.render_backend = check_choice("render_backend", render_backend, RENDER_BACKENDS)
         self.zoom = VIEWS[self.view]
         self.state_renderer = StateRenderer(self.background_rgb, self.grass_rgb, self.zoom)
         spec = TASKS[self.task]
