@@ -50,8 +50,8 @@ class Args:
     cuda: bool = True
     """if toggled, cuda will be used when available"""
     torch_threads: int = min(2, os.cpu_count() or 1)
-    """CPU threads torch uses. 2 (where there are 2 cores) made an update 1.9x faster in wall-clock time on an idle 2-core
-    machine (docs, Speed); pass 1 when several runs share the cores (2 threads each on a busy machine: 0.19x)"""
+    """CPU threads torch uses. 2 (where there are 2 cores) made an update 1.6-1.9x faster in wall-clock time on an idle
+    2-core machine (docs, Speed); pass 1 when several runs share the cores (2 threads each on a busy machine: 0.19x)"""
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     """bf16: autocast forward passes (fp32 weights, optimiser state, value head, losses, checkpoints); auto: bf16 where
     the device computes it natively (CUDA with bf16, CPU with AMX or AVX512-BF16); fp32 default: parity not shown"""

@@ -59,6 +59,7 @@ RATIOS = [  # (numerator, denominator, figure, what it measures)
     ("new", "new bf16", "cpu", "bf16 speed-up over fp32"),
     ("new", "new 2 threads", "wall", "2 torch threads speed-up over 1 (wall clock)"),
     ("old", "new", "wall", "speed-up over old, same flags, wall clock"),
+    ("old", "new 2 threads", "wall", "speed-up over old, wall clock, each at its default threads (old 1, new min(2, cores))"),
     ("new", "new --no-encoder", "wall", "iQRL / its TD3 ablation, wall clock"),
 ]
 
