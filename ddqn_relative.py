@@ -49,7 +49,7 @@ from envs.checkpoint import (
     ensure_writable_dir,
     fail,
     load_agent_checkpoint,
-    native_bf16,
+    resolve_precision,
     resume_args,
     save_atomic,
 )
@@ -480,8 +480,7 @@ if __name__ == "__main__":
             # nanoGPT-style resume: the checkpoint's flags, except these run flags when given on the command line
             run_flags = ("total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
                          "capture_video", "runs_dir")  # fmt: skip
-            given = {k: v for k, v in vars(args).items() if k != "resume"}
-            args = Args(**resume_args(given, checkpoint["metadata"]["args"], vars(Args()), run_flags), resume=args.resume)
+            args = resume_args(args, checkpoint["metadata"]["args"], run_flags)
             if checkpoint["metadata"]["global_step"] >= args.total_timesteps:
                 raise ValueError(
                     f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
@@ -571,8 +570,7 @@ if __name__ == "__main__":
     rng = np.random.default_rng(args.seed)
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.precision == "auto":
-        args.precision = "bf16" if native_bf16(device) else "fp32"
+    args.precision = resolve_precision(args.precision, device)
     # mixed precision: the batch forward passes (gradient steps, anchor EMA) under bf16 autocast; weights, Adam state,
     # TD targets and losses stay fp32. Acting on one observation stays fp32: at batch 1 the CPU's bf16 path is slower
     # (9.0 vs 5.3 ms per forward, benchmarks/ddqn_sps.py --components: the weights are converted at every call)

@@ -36,7 +36,15 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from envs.checkpoint import GracefulStop, ensure_writable_dir, fail, load_torch_file, native_bf16, resume_args, save_atomic
+from envs.checkpoint import (
+    GracefulStop,
+    ensure_writable_dir,
+    fail,
+    load_torch_file,
+    resolve_precision,
+    resume_args,
+    save_atomic,
+)
 
 
 @dataclass
@@ -398,9 +406,7 @@ if __name__ == "__main__":
             if not isinstance(checkpoint, dict) or checkpoint.get("format") != "iqrl-td3-v1":
                 raise ValueError(f"{flag} {path!r} is not an 'iqrl-td3-v1' checkpoint; {accepted}")
             run_flags = ("total_timesteps", "torch_threads", "cuda", "save_every", "eval_episodes", "runs_dir", "precision")
-            given = {k: v for k, v in asdict(args).items() if k not in ("resume", "eval_checkpoint")}
-            merged = resume_args(given, checkpoint["args"], asdict(Args()), run_flags)
-            args = Args(**merged, resume=args.resume, eval_checkpoint=args.eval_checkpoint)
+            args = resume_args(args, checkpoint["args"], run_flags, keep=("resume", "eval_checkpoint"))
         # algorithm-dependent defaults of the flags left at None
         td3 = args.algo == "td3"
         args.mlp_dims = args.mlp_dims or ([256, 256] if td3 else [512, 512])
@@ -475,7 +481,8 @@ if __name__ == "__main__":
     except ValueError as e:
         fail(str(e))
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
+    args.precision = resolve_precision(args.precision, device)  # auto: bf16 where the device has bf16 units, else fp32
+    bf16 = args.precision == "bf16"
     amp = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
     torch.set_num_threads(args.torch_threads)
 

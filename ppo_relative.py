@@ -52,7 +52,7 @@ from envs.checkpoint import (
     ensure_writable_dir,
     fail,
     load_agent_checkpoint,
-    native_bf16,
+    resolve_precision,
     resume_args,
     save_atomic,
 )
@@ -332,8 +332,7 @@ if __name__ == "__main__":
             # nanoGPT-style resume: the checkpoint's flags, except these run flags when given on the command line
             run_flags = ("total_timesteps", "cuda", "torch_threads", "precision", "save_every", "eval_episodes",
                          "capture_video", "runs_dir")  # fmt: skip
-            given = {k: v for k, v in vars(args).items() if k != "resume"}
-            args = Args(**resume_args(given, checkpoint["metadata"]["args"], vars(Args()), run_flags), resume=args.resume)
+            args = resume_args(args, checkpoint["metadata"]["args"], run_flags)
         if args.task == "far":  # the alias of the far view of the standard task
             args.view, args.task = resolve_view_task(args.view, args.task)
         try:
@@ -407,8 +406,7 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.precision == "auto":  # bf16 where the device multiplies bf16 matrices natively
-        args.precision = "bf16" if native_bf16(device) else "fp32"
+    args.precision = resolve_precision(args.precision, device)  # auto: bf16 where the device has bf16 units, else fp32
     # mixed precision: forward passes under bf16 autocast; weights, optimiser state, losses, returns and
     # advantages stay fp32 (network outputs are cast back with .float() before any loss arithmetic)
     amp = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")

@@ -51,7 +51,7 @@ from envs.checkpoint import (
     fail,
     load_agent_checkpoint,
     load_torch_file,
-    native_bf16,
+    resolve_precision,
     resume_args,
     save_atomic,
 )
@@ -390,9 +390,7 @@ if __name__ == "__main__":
                 raise ValueError(f"--resume {args.resume!r} holds a {checkpoint['metadata'].get('algorithm')!r} run without "
                                  "REPAINT's training state; accepted: a checkpoint written by repaint_ppo.py")  # fmt: skip
             # nanoGPT-style resume: the checkpoint's flags, except the RESUME_FREE_FLAGS given on the command line
-            given = {k: v for k, v in vars(args).items() if k != "resume"}
-            merged = resume_args(given, checkpoint["metadata"]["args"], vars(Args()), RESUME_FREE_FLAGS)
-            args = Args(**merged, resume=args.resume)
+            args = resume_args(args, checkpoint["metadata"]["args"], RESUME_FREE_FLAGS)
         # validation: a one-line ValueError naming the first bad flag; the defaults that depend on --env
         for name, accepted in CHOICES.items():
             if getattr(args, name) not in accepted:
@@ -448,8 +446,7 @@ if __name__ == "__main__":
             run_dir = os.path.abspath(args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume))
             ensure_writable_dir(run_dir, "--resume folder")
         device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-        if args.precision == "auto":
-            args.precision = "bf16" if native_bf16(device) else "fp32"
+        args.precision = resolve_precision(args.precision, device)
         envs = make_envs(args, args.num_envs)
         num_actions, obs_shape = int(envs.single_action_space.n), tuple(envs.single_observation_space.shape)
 

@@ -30,7 +30,15 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from envs import bandit, gridworld, tabular_mdp
-from envs.checkpoint import GracefulStop, ensure_writable_dir, fail, load_torch_file, native_bf16, resume_args, save_atomic
+from envs.checkpoint import (
+    GracefulStop,
+    ensure_writable_dir,
+    fail,
+    load_torch_file,
+    resolve_precision,
+    resume_args,
+    save_atomic,
+)
 
 
 @dataclass
@@ -415,8 +423,7 @@ if __name__ == "__main__":
                 raise ValueError(
                     f"{resume_path!r} has flags this rl3_meta.py does not know ({', '.join(unknown)}); {accepted}"
                 )
-            given = {k: v for k, v in vars(args).items() if k != "resume"}
-            args = Args(**resume_args(given, checkpoint["args"], vars(Args()), RUN_FLAGS), resume=args.resume)
+            args = resume_args(args, checkpoint["args"], RUN_FLAGS)
         validate(args)
         if checkpoint is None:
             run_name = f"{args.domain}__{args.algo}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -434,8 +441,7 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if args.precision == "auto":
-        args.precision = "bf16" if native_bf16(device) else "fp32"
+    args.precision = resolve_precision(args.precision, device)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     env = make_env(args, args.num_tasks)

@@ -131,9 +131,3 @@ class TransferGridworld(gym.Env):
         reward = (self.spec_task.goal_reward if terminated else 0.0) - self.spec_task.step_cost
         truncated = self.elapsed_steps >= MAX_STEPS and not terminated
         return self.observation(), reward, terminated, truncated, {}
-
-
-def make_transfer_gridworld_vector(task: str, num_envs: int) -> gym.vector.VectorEnv:
-    """`num_envs` copies of the task in a synchronous vector env (gymnasium 1.x next-step autoreset)."""
-    check_task(task)
-    return gym.vector.SyncVectorEnv([lambda: TransferGridworld(task) for _ in range(num_envs)])

@@ -7,12 +7,22 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from dataclasses import dataclass
+from typing import Optional
 
 import pytest
 import torch
 from conftest import REPO_ROOT, save_agent_checkpoint
 
-from envs.checkpoint import ensure_writable_dir, load_agent_checkpoint, load_torch_file, resume_args, save_atomic
+from envs.checkpoint import (
+    ensure_writable_dir,
+    load_agent_checkpoint,
+    load_torch_file,
+    native_bf16,
+    resolve_precision,
+    resume_args,
+    save_atomic,
+)
 
 ACCEPTED = "accepted: a test file"
 
@@ -97,21 +107,37 @@ def test_graceful_stop_finishes_the_step_and_exits_128_plus_the_signal(signum, c
     assert stderr.count("\n") == 1 and "Traceback" not in stderr
 
 
+@dataclass
+class ToyArgs:
+    total_timesteps: int = 100
+    precision: str = "auto"
+    latent_dim: int = 64
+    lr: float = 1e-3
+    new_flag: int = 7  # newer than the checkpoint below
+    resume: Optional[str] = None
+
+
 def test_resume_keeps_the_stored_flags_lets_run_flags_change_and_refuses_other_changes():
-    defaults = {"total_timesteps": 100, "precision": "auto", "latent_dim": 64, "lr": 1e-3, "new_flag": 7}
-    stored = {"total_timesteps": 500, "precision": "bf16", "latent_dim": 32, "lr": 3e-4}  # written before new_flag existed
+    stored = {"total_timesteps": 500, "precision": "bf16", "latent_dim": 32, "lr": 3e-4, "resume": None}
     run_flags = ("total_timesteps", "precision")
-    # nothing given: the run as it was (a flag newer than the checkpoint takes its default)
-    assert resume_args(dict(defaults), stored, defaults, run_flags) == {**stored, "new_flag": 7}
+    # only the checkpoint given: the run as it was (a flag newer than the checkpoint takes its default)
+    resumed = resume_args(ToyArgs(resume="runs/x/agent.pt"), stored, run_flags)
+    assert resumed == ToyArgs(500, "bf16", 32, 3e-4, 7, resume="runs/x/agent.pt")
     # a run flag given: it replaces the stored value; an architecture flag given with its stored value is accepted
-    given = {**defaults, "total_timesteps": 900, "latent_dim": 32}
-    assert resume_args(given, stored, defaults, run_flags) == {**stored, "total_timesteps": 900, "new_flag": 7}
+    resumed = resume_args(ToyArgs(total_timesteps=900, latent_dim=32, resume="p"), stored, run_flags)
+    assert resumed == ToyArgs(900, "bf16", 32, 3e-4, 7, resume="p")
     # any other flag that disagrees with the checkpoint is refused, in one line that names it and what may change
     with pytest.raises(ValueError) as refused:
-        resume_args({**defaults, "lr": 1e-2}, stored, defaults, run_flags)
+        resume_args(ToyArgs(lr=1e-2, resume="p"), stored, run_flags)
     assert str(refused.value) == (
         "--lr 0.01 differs from the resumed run's 0.0003; accepted: leave it out or pass the stored value "
         "(only --total-timesteps, --precision may change)"
     )
     with pytest.raises(ValueError, match="--new-flag 8 differs from the resumed run's 7"):
-        resume_args({**defaults, "new_flag": 8}, stored, defaults, run_flags)
+        resume_args(ToyArgs(new_flag=8, resume="p"), stored, run_flags)
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_bf16_units():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"

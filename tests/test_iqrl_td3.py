@@ -16,6 +16,7 @@ from conftest import run_script_in_process
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 import iqrl_td3  # noqa: E402
+from envs.checkpoint import resolve_precision  # noqa: E402
 from iqrl_td3 import FSQ, Args, CriticEnsemble, Encoder, LatentDynamics, SequenceReplayBuffer, n_step_targets, round_ste  # noqa: E402
 
 SCRIPT = str(REPO_ROOT / "iqrl_td3.py")
@@ -311,14 +312,14 @@ def test_smoke_every_mode_writes_a_loadable_fp32_checkpoint(tmp_path, capsys, mo
     precision = "auto" if "--algo" in mode_flags else "bf16"  # auto: bf16 where the CPU multiplies bf16 natively
     code, out, err = run_in_process(["--env-id", env_id, *TINY, "--precision", precision, *mode_flags], tmp_path, capsys)
     assert code == 0, err[-2000:]
-    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    expected = "bf16" if precision == "bf16" or native else "fp32"
+    expected = resolve_precision(precision, torch.device("cpu"))
     assert "eval_return_mean=" in out and f"precision {expected}" in out
     assert "step/s" in err  # the tqdm progress bar
     path = checkpoint_path(tmp_path)
     checkpoint = load(path)
     assert checkpoint["format"] == "iqrl-td3-v1" and checkpoint["global_step"] == 80 and checkpoint["num_updates"] == 40
     assert set(checkpoint["modules"]) == modules
+    assert checkpoint["args"]["precision"] == expected  # what the run used, not "auto"
     tensors = [t for m in checkpoint["modules"].values() for t in m.values()] + [
         t for opt in checkpoint["optimizers"].values() for s in opt["state"].values() for t in s.values()
     ]

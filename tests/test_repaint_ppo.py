@@ -19,7 +19,7 @@ import torch
 from conftest import run_script_in_process, save_agent_checkpoint
 
 import repaint_ppo
-from envs.checkpoint import load_agent_checkpoint, native_bf16
+from envs.checkpoint import load_agent_checkpoint, resolve_precision
 from repaint_ppo import (
     beta_at,
     clipped_surrogate_loss,
@@ -268,7 +268,7 @@ def test_fp32_is_reproducible_and_bf16_trains_with_fp32_checkpoints(tmp_path):
     assert runs["bf16"]["metadata"]["args"]["precision"] == "bf16"
     # auto: bf16 where the CPU multiplies bf16 natively, fp32 elsewhere; the checkpoint stores what it resolved to
     auto = torch.load(train(["--seed", "2", "--precision", "auto"] + TINY, tmp_path / "auto")[1], weights_only=True)
-    assert auto["metadata"]["args"]["precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    assert auto["metadata"]["args"]["precision"] == resolve_precision("auto", torch.device("cpu"))
 
 
 # ---- clean stops and resume

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import rl3_meta
 from envs import bandit, gridworld
-from envs.checkpoint import native_bf16
+from envs.checkpoint import resolve_precision
 
 torch.set_num_threads(1)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -326,7 +326,7 @@ def test_bf16_run_writes_fp32_checkpoint_and_auto_is_stored_resolved(tmp_path, c
     checkpoint = torch.load(os.path.join(run_dir, "agent.pt"), weights_only=True)
     assert all(v.dtype == torch.float32 for v in checkpoint["model"].values())
     # auto: bf16 where the CPU multiplies bf16 natively (AMX / AVX512-BF16), fp32 elsewhere; the checkpoint says which
-    expected = "bf16" if precision == "bf16" or native_bf16(torch.device("cpu")) else "fp32"
+    expected = resolve_precision(precision, torch.device("cpu"))
     assert checkpoint["args"]["precision"] == expected
 
 
