@@ -381,7 +381,8 @@ if __name__ == "__main__":
         if start_iteration > num_iterations:
             raise ValueError(
                 f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
-                f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it"
+                f"accepted: --total-timesteps >= {start_iteration * batch_size} to continue it (one more iteration of "
+                f"--num-envs * --num-steps = {batch_size} steps)"
             )
         # anchor frames of the run's own colour and view (R3L §3.1): the same states for every colour
         anchor_set = None

@@ -436,7 +436,8 @@ if __name__ == "__main__":
         start_iteration = 1 if checkpoint is None else checkpoint["training_state"]["iteration"] + 1
         if start_iteration > num_iterations:
             raise ValueError(f"--resume {args.resume!r} is already at step {checkpoint['metadata']['global_step']}; "
-                             f"accepted: a larger --total-timesteps than {args.total_timesteps} to continue it")  # fmt: skip
+                             f"accepted: --total-timesteps >= {start_iteration * batch_size} to continue it (one more "
+                             f"iteration of --num-envs * --num-steps = {batch_size} steps)")  # fmt: skip
         if checkpoint is None:
             env_name = f"{args.env}-{args.task}" + (f"-{args.view}-{args.reward}" if args.env == "carracing" else "")
             run_name = f"{env_name}__{args.exp_name}__{args.transfer}__{args.seed}__{int(time.time())}"

@@ -372,6 +372,9 @@ def test_same_seed_same_weights_and_resume_continues(smoke_run, tmp_path, capsys
     # a finished run, or a flag that contradicts the stored run, is a one-line error
     code, out, err = run_in_process(["--resume", str(resumed_dir)], tmp_path, capsys)
     assert code == 2 and "is already at step 48" in err and err.strip().count("\n") == 0
+    # a larger budget that does not reach one more iteration (16 steps) names the budget that does
+    code, out, err = run_in_process(["--resume", str(resumed_dir), "--total-timesteps", "56"], tmp_path, capsys)
+    assert code == 2 and "accepted: --total-timesteps >= 64 to continue it" in err
     code, out, err = run_in_process(
         ["--resume", str(resumed_dir), "--bg-color", "red", "--total-timesteps", "64"], tmp_path, capsys
     )
